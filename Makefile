@@ -1,0 +1,30 @@
+# Two commands: `make demo` and `make test`. Both create/refresh .venv when pyproject changes.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS ?= constraints-cpu.txt
+STAMP := $(VENV)/.installed
+
+.PHONY: install test demo clean bench
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(BIN)/python -m pytest -q tests
+
+demo: $(STAMP)
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(BIN)/python -m launch.demo
+
+bench: $(STAMP)
+	$(BIN)/python bench/data.py
+	$(BIN)/python bench/model.py
+	$(BIN)/python bench/train.py
+
+clean:
+	rm -rf $(VENV) data/demo runs
