@@ -1,0 +1,59 @@
+"""Pretraining losses (MLM + SOP/NSP) and the metric sums the trainer aggregates.
+
+The MLM loss is normalised by a count the *caller* provides: the number of masked tokens in the
+whole global batch (all data-parallel ranks and all micro-batches of the step), so the loss is a
+mean over the global batch, not a mean of per-rank means. Computing that count needs an
+all-reduce, which belongs to `parallel/` (the engine); this module stays collective-free.
+Note for the engine: DeepSpeed divides gradients by the data-parallel world size and by
+gradient_accumulation_steps, so to get d(sum CE / global count) the engine must undo that
+(e.g. pass mlm_normalizer = global_count / (world_size * grad_accum)).
+For a single local batch, mlm_normalizer = number of masked tokens gives HF's mean CE.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pretrain.data.config import ObjectiveConfig
+from pretrain.model.heads import IGNORE_INDEX, PretrainingOutput
+
+STAT_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct", "sentence_count")
+
+
+def pretraining_loss(
+    out: PretrainingOutput, batch: dict, mlm_normalizer: float | torch.Tensor, cfg: ObjectiveConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """loss = mlm_weight * sum(CE over masked tokens) / mlm_normalizer
+             + sentence_weight * mean CE over sequences with sentence_label != -100.
+
+    out: the model output with sparse logits (mlm_logits [n, V], mlm_labels [n]).
+    batch: needs "sentence_label" [B] when the model has a sentence head.
+    Cross-entropies run in fp32 (logits upcast) whatever the autocast dtype.
+    Returns (scalar loss tensor, stats) with stats = python float *sums* over this micro-batch
+    (keys STAT_KEYS); accuracy = correct / count after summing across ranks and micro-steps.
+    """
+    mlm_logits = out.mlm_logits.float()
+    mlm_labels = out.mlm_labels
+    mlm_loss_sum = F.cross_entropy(mlm_logits, mlm_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    normalizer = torch.as_tensor(mlm_normalizer, dtype=torch.float32, device=mlm_logits.device).clamp_min(1.0)
+    loss = cfg.mlm_weight * (mlm_loss_sum / normalizer)
+    with torch.no_grad():
+        valid = mlm_labels != IGNORE_INDEX
+        mlm_correct = ((mlm_logits.argmax(-1) == mlm_labels) & valid).sum()
+        mlm_count = valid.sum()
+
+    sentence_loss_sum = sentence_correct = sentence_count = torch.zeros((), device=mlm_logits.device)
+    if out.sentence_logits is not None and cfg.sentence_task != "none" and "sentence_label" in batch:
+        s_logits = out.sentence_logits.float()
+        s_labels = batch["sentence_label"].to(s_logits.device)
+        sentence_loss_sum = F.cross_entropy(s_logits, s_labels, ignore_index=IGNORE_INDEX, reduction="sum")
+        with torch.no_grad():
+            s_valid = s_labels != IGNORE_INDEX
+            sentence_count = s_valid.sum()
+            sentence_correct = ((s_logits.argmax(-1) == s_labels) & s_valid).sum()
+        loss = loss + cfg.sentence_weight * sentence_loss_sum / sentence_count.clamp_min(1)
+
+    values = torch.stack([t.detach().float() for t in
+                          (mlm_loss_sum, mlm_correct, mlm_count, sentence_loss_sum, sentence_correct, sentence_count)])
+    stats = dict(zip(STAT_KEYS, values.tolist()))  # one device->host copy
+    return loss, stats
