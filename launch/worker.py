@@ -1,0 +1,50 @@
+"""What each rank runs (via torchrun): read the run's resolved config and train.
+
+User errors are written to `logs/error-rank<k>.txt` (first line = the message) so the launcher
+can print one line instead of torchrun's failure report.
+"""
+from __future__ import annotations
+
+import glob
+import os
+import sys
+
+from launch.errors import user_error_types
+
+
+def first_rank_error(run_dir: str) -> str | None:
+    for path in sorted(glob.glob(os.path.join(run_dir, "logs", "error-rank*.txt"))):
+        with open(path) as f:
+            line = f.readline().strip()
+        if line:
+            return line
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m launch.worker <run dir>", file=sys.stderr)
+        return 2
+    run_dir = argv[0]
+    rank = os.environ.get("RANK", "0")
+    error_file = os.path.join(run_dir, "logs", f"error-rank{rank}.txt")
+    if os.path.exists(error_file):
+        os.remove(error_file)
+    try:
+        from launch.rundir import load_run_config
+        from pretrain.train.loop import train
+
+        cfg = load_run_config(run_dir)
+        train(cfg, run_dir)
+    except user_error_types() as e:
+        os.makedirs(os.path.dirname(error_file), exist_ok=True)
+        with open(error_file, "w") as f:
+            f.write(f"{e}\n")
+        print(f"[rank {rank}] error: {e}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

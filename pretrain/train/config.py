@@ -1,0 +1,198 @@
+"""The typed schema of the whole training config, and its validation.
+
+Hydra composes YAML from conf/; this module checks the result against dataclasses so a wrong
+key or value is one clear error naming the key, before any process starts.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
+from pretrain.data.config import DataConfig, ObjectiveConfig
+from pretrain.model.config import ModelConfig
+from pretrain.tracking.config import TrackerConfig
+
+
+class ConfigError(ValueError):
+    """A user-caused config problem; the message names the key and value."""
+
+
+@dataclass
+class RunConfig:
+    name: str = "???"
+    root: str = "runs"
+    fresh: bool = False
+    dry_run: bool = False
+    seed: int = 1234
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: Optional[int] = 1000
+    max_tokens: Optional[int] = None
+    max_time: Optional[str] = None       # seconds or HH:MM:SS (string so both parse)
+    grad_accum: int = 1
+    log_every: int = 10
+    eval_every: int = 200
+    eval_batches: Optional[int] = 50
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 3
+    progress: bool = True
+    peak_flops: Optional[float] = None
+    export_on_finish: bool = True
+
+
+@dataclass
+class ClusterConfig:
+    kind: str = "local"
+    nproc: int = 1
+    nnodes: int = 1
+    master_addr: str = "127.0.0.1"
+    master_port: int = 0
+    # SLURM (used when kind == "slurm")
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    time: Optional[str] = None
+    gpus_per_node: int = 0
+    cpus_per_task: Optional[int] = None
+    mem: Optional[str] = None
+    signal_seconds: int = 120
+    requeue: bool = True
+    extra_sbatch: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)   # shell lines run before srun (module load ...)
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    precision: PrecisionConfig = field(default_factory=PrecisionConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    tracker: TrackerConfig = field(default_factory=TrackerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+_CHOICES = {
+    "model.arch": ("bert", "albert"),
+    "model.hidden_act": ("gelu", "gelu_new", "relu"),
+    "model.sentence_head": ("sop", "nsp", "none"),
+    "objective.masking": ("token", "whole_word", "span"),
+    "objective.sentence_task": ("sop", "nsp", "none"),
+    "parallel.zero_stage": (0, 1, 2, 3),
+    "precision.dtype": ("fp32", "bf16", "fp16"),
+    "optim.name": ("adamw", "lamb"),
+    "optim.impl": ("torch", "deepspeed"),
+    "schedule.name": ("linear", "cosine", "constant", "wsd"),
+    "cluster.kind": ("local", "slurm"),
+}
+_POSITIVE = (
+    "model.hidden_size", "model.num_layers", "model.num_heads", "model.intermediate_size",
+    "model.max_position_embeddings", "data.max_seq_len", "data.micro_batch_size",
+    "trainer.grad_accum", "trainer.log_every", "trainer.keep_checkpoints", "cluster.nproc",
+    "cluster.nnodes", "parallel.pipeline_stages", "optim.lr",
+)
+_PROBABILITIES = (
+    "objective.mlm_probability", "objective.mask_token_prob", "objective.random_token_prob",
+    "data.short_seq_prob", "model.hidden_dropout", "model.attention_dropout", "schedule.warmup_fraction",
+    "schedule.min_lr_ratio", "schedule.decay_fraction",
+)
+
+
+def _get(cfg: DictConfig, dotted: str) -> Any:
+    return OmegaConf.select(cfg, dotted)
+
+
+def validate(raw: DictConfig | dict) -> DictConfig:
+    """Merge a composed config onto the schema and check values; returns a typed DictConfig."""
+    schema = OmegaConf.structured(TrainConfig)
+    try:
+        cfg = OmegaConf.merge(schema, raw)
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"config key {missing[0]!r} must be set (e.g. {missing[0]}=...)")
+    for key, allowed in _CHOICES.items():
+        value = _get(cfg, key)
+        if value not in allowed:
+            raise ConfigError(f"config key {key!r} = {value!r}; expected one of {list(allowed)}")
+    for key in _POSITIVE:
+        value = _get(cfg, key)
+        if value is None or value <= 0:
+            raise ConfigError(f"config key {key!r} = {value!r}; must be > 0")
+    for key in _PROBABILITIES:
+        value = _get(cfg, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"config key {key!r} = {value!r}; must be within [0, 1]")
+    _check_relations(cfg)
+    return cfg
+
+
+def _check_relations(cfg: DictConfig) -> None:
+    m, d, o, t = cfg.model, cfg.data, cfg.objective, cfg.trainer
+    if m.hidden_size % m.num_heads:
+        raise ConfigError(f"config: model.hidden_size={m.hidden_size} is not divisible by model.num_heads={m.num_heads}")
+    if d.max_seq_len > m.max_position_embeddings:
+        raise ConfigError(
+            f"config: data.max_seq_len={d.max_seq_len} exceeds model.max_position_embeddings={m.max_position_embeddings}"
+        )
+    if o.mask_token_prob + o.random_token_prob > 1.0:
+        raise ConfigError(
+            f"config: objective.mask_token_prob + objective.random_token_prob = {o.mask_token_prob + o.random_token_prob} > 1"
+        )
+    if o.sentence_task != "none" and m.sentence_head == "none":
+        raise ConfigError(f"config: objective.sentence_task={o.sentence_task!r} needs a sentence head; model.sentence_head is 'none'")
+    if d.num_workers < 0:
+        raise ConfigError(f"config key 'data.num_workers' = {d.num_workers}; must be >= 0")
+    if t.max_steps is None and t.max_tokens is None and t.max_time is None:
+        raise ConfigError("config: set at least one budget: trainer.max_steps, trainer.max_tokens or trainer.max_time")
+    if t.max_time is not None:
+        parse_duration(t.max_time)
+    if cfg.parallel.pipeline_stages > 1 and cfg.parallel.zero_stage > 1:
+        raise ConfigError(
+            f"config: parallel.pipeline_stages={cfg.parallel.pipeline_stages} needs parallel.zero_stage <= 1 "
+            f"(got {cfg.parallel.zero_stage}); DeepSpeed cannot combine pipeline with ZeRO-2/3"
+        )
+    if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", cfg.run.name) or ".." in cfg.run.name:
+        raise ConfigError(f"config key 'run.name' = {cfg.run.name!r}; use letters, digits and ._-=,+/ only")
+
+
+def parse_duration(value: Union[str, int, float]) -> float:
+    """'3600', '90.5', '01:30:00' or '1:30' (minutes:seconds) -> seconds."""
+    text = str(value).strip()
+    try:
+        if ":" in text:
+            parts = [float(p) for p in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            seconds = 0.0
+            for p in parts:
+                seconds = seconds * 60 + p
+            return seconds
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"config key 'trainer.max_time' = {value!r}; expected seconds or HH:MM:SS") from None
+
+
+def config_hash(cfg: DictConfig) -> str:
+    """Hash of what decides the model and the data order; resume refuses a mismatch in these."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    keyed = {k: container[k] for k in ("model", "data", "objective")}
+    keyed["model"] = {k: v for k, v in keyed["model"].items() if k not in ("gradient_checkpointing", "init_from")}
+    keyed["data"] = {k: v for k, v in keyed["data"].items() if k not in ("num_workers", "prefetch_factor", "path", "train_urls", "valid_urls")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]

@@ -1,0 +1,50 @@
+"""Export a run's newest complete checkpoint as consolidated fp32 weights in Hugging Face format."""
+from __future__ import annotations
+
+import os
+
+from omegaconf import OmegaConf
+
+
+def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=print) -> str:
+    from parallel.consolidate import consolidate_fp32
+    from pretrain.hf.export import export_hf
+    from pretrain.model import build_model
+    from pretrain.model.config import ModelConfig
+    from pretrain.shardformat import load_manifest
+    from pretrain.train import checkpoints
+    from pretrain.train.checkpoints import ResumeError
+
+    from launch.rundir import load_run_config
+
+    cfg = load_run_config(run_dir)
+    if checkpoint is None:
+        candidates = checkpoints.resume_candidates(os.path.join(run_dir, "checkpoints"), warn=log)
+        if not candidates:
+            raise ResumeError(f"{run_dir}/checkpoints: no complete checkpoint to export")
+        checkpoint = candidates[0]
+    mcfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+    mcfg.init_from = None
+    mcfg.gradient_checkpointing = False
+    model = build_model(mcfg)
+    state = consolidate_fp32(checkpoint)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    tied = {name for name in missing if _is_tied(model, name)}
+    if set(missing) - tied or unexpected:
+        raise ResumeError(
+            f"{checkpoint}: weights do not match the run's model (missing {sorted(set(missing) - tied)[:3]}, "
+            f"unexpected {sorted(unexpected)[:3]})"
+        )
+    manifest = load_manifest(cfg.data.path)
+    export_hf(model, mcfg, manifest.tokenizer_file, out_dir)
+    log(f"exported {checkpoint} -> {out_dir}")
+    return out_dir
+
+
+def _is_tied(model, name: str) -> bool:
+    """A missing key is fine when its tensor is shared with one that was loaded (decoder <-> embeddings)."""
+    params = dict(model.named_parameters(remove_duplicate=False))
+    target = params.get(name)
+    if target is None:
+        return False
+    return any(p is target and n != name for n, p in params.items())

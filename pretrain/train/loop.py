@@ -1,0 +1,119 @@
+"""The training loop: data -> engine.train_step -> metrics, eval, checkpoints, until a budget ends.
+
+Everything distributed sits behind `parallel` (engine, collectives); everything that must
+survive a restart is in `TrainState` plus the engine's checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+from omegaconf import DictConfig, OmegaConf
+
+from parallel import collectives
+from pretrain.train import checkpoints
+from pretrain.train.budget import Budget
+from pretrain.train.build import build_everything
+from pretrain.train.config import config_hash
+from pretrain.train.evaluate import evaluate
+from pretrain.train.preemption import PreemptionFlag
+from pretrain.train.progress import Progress
+from pretrain.train.throughput import Meter, peak_flops_per_device
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    consumed_samples: int = 0
+    consumed_tokens: int = 0
+    data_cursor: dict = field(default_factory=dict)
+    tracker: dict = field(default_factory=dict)
+    config_hash: str = ""
+    seed: int = 0
+    world_size: int = 1
+
+
+def train(cfg: DictConfig, run_dir: str) -> None:
+    parts = build_everything(cfg, run_dir)
+    topo, engine, loader, tracker = parts.topo, parts.engine, parts.train_loader, parts.tracker
+    state, log = parts.state, parts.log
+    budget = Budget(cfg.trainer.max_steps, cfg.trainer.max_tokens, cfg.trainer.max_time)
+    preempt = PreemptionFlag()
+    peak = peak_flops_per_device(cfg.precision.dtype, cfg.trainer.peak_flops)
+    meter = Meter()
+    progress = Progress(cfg.trainer.max_steps, state.step, enabled=cfg.trainer.progress and topo.rank == 0)
+    batches = iter(loader)
+    ga = cfg.trainer.grad_accum
+    stop_reason = budget.exhausted(state.step, state.consumed_tokens)
+    while stop_reason is None:
+        t0 = time.perf_counter()
+        micro = [next(batches) for _ in range(ga)]
+        data_seconds = time.perf_counter() - t0
+        metrics = engine.train_step(micro)
+        local = collectives.all_reduce_sum(
+            [sum(int(b["attention_mask"].sum()) for b in micro), sum(len(b["input_ids"]) for b in micro)]
+        )
+        tokens, samples = int(local[0]), int(local[1])
+        state.step += 1
+        state.consumed_tokens += tokens
+        state.consumed_samples += samples
+        meter.add(tokens, samples, parts.flops_for(micro, metrics), data_seconds)
+        progress.update(state.step, metrics.get("loss"))
+        if state.step % cfg.trainer.log_every == 0:
+            tracker.log(_train_metrics(metrics, meter.summary(topo.world_size, peak, topo.device), state), state.step)
+            meter.reset()
+        if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
+            tracker.log(evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches), state.step)
+        stop_reason = budget.exhausted(state.step, state.consumed_tokens)
+        if collectives.any_rank(preempt.local):
+            stop_reason = "preempted by a signal"
+        if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:
+            save_checkpoint(cfg, run_dir, engine, loader, tracker, state, log)
+    progress.close()
+    log(f"stopped at step {state.step}: {stop_reason}")
+    if preempt.local:
+        tracker.close()
+        return
+    if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every != 0:
+        tracker.log(evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches), state.step)
+    tracker.close()
+    if cfg.trainer.export_on_finish and state.step >= (cfg.trainer.max_steps or 0) and topo.rank == 0:
+        from pretrain.train.export import export_run
+
+        export_run(run_dir, os.path.join(run_dir, "export"), log=log)
+    collectives.barrier()
+
+
+def _train_metrics(metrics: dict, speed: dict, state: TrainState) -> dict:
+    out = {
+        "train/loss": metrics["loss"],
+        "train/mlm_loss": metrics["mlm_loss_sum"] / max(metrics["mlm_count"], 1),
+        "train/mlm_acc": metrics["mlm_correct"] / max(metrics["mlm_count"], 1),
+        "train/lr": metrics["lr"],
+        "train/grad_norm": metrics.get("grad_norm") or 0.0,
+        "train/consumed_tokens": state.consumed_tokens,
+        "train/consumed_samples": state.consumed_samples,
+    }
+    if metrics.get("sentence_count"):
+        out["train/sop_loss"] = metrics["sentence_loss_sum"] / metrics["sentence_count"]
+        out["train/sop_acc"] = metrics["sentence_correct"] / metrics["sentence_count"]
+    if metrics.get("loss_scale"):
+        out["train/loss_scale"] = metrics["loss_scale"]
+    out.update({f"train/{k}": v for k, v in speed.items()})
+    return out
+
+
+def save_checkpoint(cfg, run_dir, engine, loader, tracker, state: TrainState, log) -> None:
+    root = os.path.join(run_dir, "checkpoints")
+    step_dir = os.path.join(root, checkpoints.step_dir_name(state.step))
+    state.data_cursor = loader.merged_state(collectives.all_gather_object(loader.state_dict()))
+    state.tracker = tracker.state()
+    t0 = time.perf_counter()
+    engine.save(step_dir, {"train_state": asdict(state), "config": OmegaConf.to_container(cfg, resolve=True)})
+    collectives.barrier()
+    if collectives.is_main():
+        checkpoints.mark_complete(step_dir, state.step)
+        checkpoints.prune(root, cfg.trainer.keep_checkpoints)
+    collectives.barrier()
+    log(f"saved checkpoint {step_dir} in {time.perf_counter() - t0:.1f}s")

@@ -1,0 +1,24 @@
+"""A progress bar on rank 0 only (tqdm); other ranks print nothing per step."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class Progress:
+    def __init__(self, total: Optional[int], initial: int, enabled: bool):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, step: int, loss: Optional[float]) -> None:
+        if self._bar is None:
+            return
+        self._bar.update(step - self._bar.n)
+        if loss is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
