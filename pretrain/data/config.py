@@ -1,0 +1,34 @@
+"""Schema of the `data` and `objective` config groups (defaults live in conf/)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+
+@dataclass
+class DataConfig:
+    path: str = "???"                   # a prepared directory (manifest.json), local or any fs path
+    train_split: str = "train"
+    valid_split: str = "valid"
+    # Shard URL override: glob, brace pattern or `pipe:` command list; None = from the manifest.
+    train_urls: Optional[str] = None
+    valid_urls: Optional[str] = None
+    max_seq_len: int = 128
+    micro_batch_size: int = 32          # per rank, per micro-step
+    num_workers: int = 1                # DataLoader workers per rank (0 = in the main process)
+    prefetch_factor: int = 2
+    short_seq_prob: float = 0.1
+    seed: int = 1234
+
+
+@dataclass
+class ObjectiveConfig:
+    mlm_probability: float = 0.15
+    mask_token_prob: float = 0.8        # of selected: -> [MASK]
+    random_token_prob: float = 0.1      # of selected: -> random token (rest kept)
+    masking: str = "token"              # "token" | "whole_word" | "span"
+    span_geometric_p: float = 0.2       # SpanBERT
+    span_max_length: int = 10
+    sentence_task: str = "sop"          # "sop" | "nsp" | "none"
+    mlm_weight: float = 1.0
+    sentence_weight: float = 1.0
