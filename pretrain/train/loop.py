@@ -78,7 +78,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every != 0:
         tracker.log(evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches), state.step)
     tracker.close()
-    if cfg.trainer.export_on_finish and state.step >= (cfg.trainer.max_steps or 0) and topo.rank == 0:
+    if cfg.trainer.export_on_finish and topo.rank == 0:
         from pretrain.train.export import export_run
 
         export_run(run_dir, os.path.join(run_dir, "export"), log=log)
