@@ -1,0 +1,1 @@
+"""Interop with Hugging Face transformers: weight/config conversion, export and import."""

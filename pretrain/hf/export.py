@@ -1,0 +1,90 @@
+"""Export to / import from a Hugging Face directory (safetensors + config.json + tokenizer).
+
+The exported directory loads with no custom code:
+`AutoModelForMaskedLM.from_pretrained(d)`, `AutoTokenizer.from_pretrained(d)`,
+`pipeline("fill-mask", model=d)`, and `BertForPreTraining`/`AlbertForPreTraining` with both heads.
+Our tokenizer is WordPiece for both architectures, so ALBERT exports also use BertTokenizerFast
+(tokenizer_config.json names the class explicitly, otherwise AutoTokenizer would pick ALBERT's
+SentencePiece tokenizer from model_type).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from pretrain.model.config import ModelConfig
+from pretrain.model.pretraining import PretrainingModel, build_model
+
+from .convert import from_hf_config, load_hf_state_dict, to_hf_config, to_hf_state_dict
+
+SPECIAL_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
+
+
+def to_hf_model(model: nn.Module, cfg: ModelConfig):
+    """An HF BertForPreTraining / AlbertForPreTraining (eval mode, fp32) holding our weights."""
+    from transformers import AlbertForPreTraining, BertForPreTraining
+
+    cls = BertForPreTraining if cfg.arch == "bert" else AlbertForPreTraining
+    hf = cls(to_hf_config(cfg))
+    missing, unexpected = hf.load_state_dict({k: v.float() for k, v in to_hf_state_dict(model).items()}, strict=False)
+    # Only HF bookkeeping buffers (e.g. position_ids) or an absent sentence head may be missing.
+    bad = [k for k in missing if not (k.endswith("position_ids") or k.endswith("token_type_ids")
+                                      or "seq_relationship" in k or "sop_classifier" in k)]
+    if bad or unexpected:
+        raise KeyError(f"HF conversion mismatch: missing={bad} unexpected={unexpected}")
+    return hf.eval()
+
+
+def _lowercases(tokenizer) -> bool:
+    """Whether the tokenizers.Tokenizer lowercases (BertNormalizer(lowercase) or a Lowercase step)."""
+    normalizer = json.loads(tokenizer.to_str()).get("normalizer") or {}
+    steps = normalizer.get("normalizers", [normalizer])
+    return any(s.get("type") == "Lowercase" or (s.get("type") == "BertNormalizer" and s.get("lowercase")) for s in steps)
+
+
+def save_tokenizer(tokenizer_file: str | Path, out_dir: str | Path):
+    """Wrap our tokenizer.json in BertTokenizerFast and save it (tokenizer.json, tokenizer_config.json,
+    special_tokens_map.json, vocab.txt where supported)."""
+    from tokenizers import Tokenizer
+    from transformers import BertTokenizerFast
+
+    raw = Tokenizer.from_file(str(tokenizer_file))
+    tok = BertTokenizerFast(tokenizer_object=raw, do_lower_case=_lowercases(raw), **SPECIAL_TOKENS)
+    tok.save_pretrained(str(out_dir))
+    config_path = Path(out_dir) / "tokenizer_config.json"
+    tok_config = json.loads(config_path.read_text())
+    tok_config["tokenizer_class"] = "BertTokenizerFast"
+    config_path.write_text(json.dumps(tok_config, indent=2))
+    return tok
+
+
+def export_hf(model: nn.Module, cfg: ModelConfig, tokenizer_file: str | Path, out_dir: str | Path) -> Path:
+    """Write `out_dir` with model.safetensors (ties handled by save_pretrained), config.json
+    (architectures Bert/AlbertForPreTraining) and tokenizer files. Returns out_dir."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hf = to_hf_model(model, cfg)
+    hf.config.tokenizer_class = "BertTokenizerFast"
+    hf.save_pretrained(str(out_dir), safe_serialization=True)
+    save_tokenizer(tokenizer_file, out_dir)
+    return out_dir
+
+
+def load_hf_pretrained(path: str | Path) -> tuple[PretrainingModel, ModelConfig]:
+    """Our model + config from an HF BERT/ALBERT directory (ours or any Bert/AlbertForPreTraining
+    or *ForMaskedLM checkpoint; a missing sentence head is freshly initialised). Used for
+    continued pretraining (ModelConfig.init_from)."""
+    from transformers import AlbertForPreTraining, AutoConfig, BertForPreTraining
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.init_from={str(path)!r}: no config.json there (expected an HF model directory)")
+    hf_config = AutoConfig.from_pretrained(str(path))
+    cfg = from_hf_config(hf_config)
+    cls = BertForPreTraining if cfg.arch == "bert" else AlbertForPreTraining
+    hf = cls.from_pretrained(str(path))
+    model = build_model(cfg)
+    load_hf_state_dict(model, hf.state_dict())
+    return model, cfg
