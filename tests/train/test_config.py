@@ -1,0 +1,65 @@
+"""Typed validation of the composed training config: one clear error per mistake."""
+import pytest
+from hydra import compose, initialize_config_module
+
+from pretrain.train.config import ConfigError, parse_duration, validate
+
+
+def _compose(*overrides):
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["run.name=t", "data.path=/x", *overrides])
+    cfg = dict(cfg)
+    cfg.pop("hydra", None)
+    return cfg
+
+
+def test_presets_compose_and_validate():
+    for overrides in (
+        ["model=bert-mini", "parallel=zero2", "precision=bf16"],
+        ["model=albert-base", "parallel=zero3_offload", "optim=lamb", "schedule=cosine"],
+        ["model=bert-base", "parallel=zero1", "schedule=wsd", "objective=mlm_nsp", "model.sentence_head=nsp"],
+    ):
+        cfg = validate(_compose(*overrides))
+        assert cfg.run.name == "t"
+
+
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("precision.dtype=fp8", "precision.dtype"),
+        ("parallel.zero_stage=4", "parallel.zero_stage"),
+        ("objective.masking=words", "objective.masking"),
+        ("objective.mlm_probability=1.5", "objective.mlm_probability"),
+        ("data.micro_batch_size=0", "data.micro_batch_size"),
+        ("trainer.max_time=abc", "trainer.max_time"),
+        ("data.max_seq_len=100000", "data.max_seq_len"),
+        ("model.num_heads=5", "model.num_heads"),
+        ("trainer.max_steps=ten", "max_steps"),
+    ],
+)
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError) as e:
+        validate(_compose(override))
+    message = str(e.value)
+    assert needle in message and "\n" not in message
+
+
+def test_unknown_key_is_refused():
+    cfg = _compose()
+    cfg["trainer"] = dict(cfg["trainer"], max_stepz=3)
+    with pytest.raises(ConfigError, match="max_stepz"):
+        validate(cfg)
+
+
+def test_missing_run_name():
+    with initialize_config_module(config_module="conf", version_base="1.3"):
+        cfg = dict(compose(config_name="train", overrides=["data.path=/x"]))
+    cfg.pop("hydra")
+    with pytest.raises(ConfigError, match="run.name"):
+        validate(cfg)
+
+
+def test_durations():
+    assert parse_duration("90") == 90
+    assert parse_duration("01:30:00") == 5400
+    assert parse_duration("2:30") == 150
