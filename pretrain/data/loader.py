@@ -1,0 +1,140 @@
+"""`ResumableLoader`: torch DataLoader over this rank's streams, with a cursor of consumed batches.
+
+Each DataLoader worker runs one stream and batches inside the worker (``batch_size=None``).
+torch hands out batches round-robin over workers starting at worker 0, so after a restore the
+worker -> stream mapping is rotated to make the stream whose batch was next come first; with
+that, a restored run yields exactly the batches the interrupted run would have yielded.
+
+The cursor of a rank (`state_dict`) holds, per stream, the state carried by the last batch the
+trainer *received* (prefetched batches are not counted) and which stream yields next. The
+trainer gathers the per-rank dicts (``all_gather_object``), merges them with `merge_cursors`
+into one JSON-able global cursor stored in the checkpoint, and hands that to
+`load_state_dict` on every rank. Same world size and workers per rank: exact continuation.
+Otherwise the remaining work is re-split (plan.resplit) over the new streams.
+"""
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Iterator, Optional, Sequence
+
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pretrain.data.errors import DataError
+from pretrain.data.plan import resplit
+from pretrain.data.stream import Stream, StreamSpec, fresh_state
+
+CURSOR_VERSION = 1
+
+
+class _RankStreams(IterableDataset):
+    """The dataset each DataLoader worker iterates: worker w runs local stream (w + rotation) % W."""
+
+    def __init__(self, spec: StreamSpec, rank: int, n_local: int, n_streams: int, states: list, rotation: int):
+        self.spec, self.rank, self.n_local, self.n_streams = spec, rank, n_local, n_streams
+        self.states, self.rotation = states, rotation
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        local = (worker + self.rotation) % self.n_local
+        index = self.rank * self.n_local + local
+        return iter(Stream(self.spec, index, self.n_streams, self.states[local]))
+
+
+class ResumableLoader:
+    """Iterate to get batches (dicts of int64 tensors); `state_dict` / `load_state_dict` for resume.
+
+    Infinite (training, ``spec.epochs=None``): every ``iter()`` continues from the last consumed
+    batch. Finite (eval): every ``iter()`` is a fresh pass, unless a cursor was loaded since.
+    """
+
+    def __init__(self, spec: StreamSpec, rank: int, world_size: int, num_workers: int, prefetch_factor: int = 2):
+        if not 0 <= rank < world_size:
+            raise DataError(f"rank {rank} outside world_size {world_size}")
+        self.spec, self.rank, self.world_size = spec, rank, world_size
+        self.num_workers = num_workers
+        self.n_local = max(1, num_workers)
+        self.n_streams = world_size * self.n_local
+        self.prefetch_factor = prefetch_factor
+        self._states = [fresh_state() for _ in range(self.n_local)]
+        self._next = 0
+        self._loaded = False
+        self.stats: Counter = Counter()   # example-building counters + batches/samples/tokens consumed
+
+    # ---- iteration -------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[dict]:
+        if self.spec.epochs is not None and not self._loaded:
+            self._states, self._next = [fresh_state() for _ in range(self.n_local)], 0
+        self._loaded = False
+        dataset = _RankStreams(self.spec, self.rank, self.n_local, self.n_streams,
+                               copy.deepcopy(self._states), self._next)
+        kwargs = {}
+        if self.num_workers > 0:
+            kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, **kwargs)
+        for batch in loader:
+            state = batch.pop("_state")
+            local = state.pop("stream") - self.rank * self.n_local
+            self._states[local] = state
+            self._next = (local + 1) % self.n_local
+            self.stats.update(batch.pop("_stats"))
+            self.stats.update({"batches": 1, "samples": int(batch["input_ids"].shape[0]),
+                               "tokens": int(batch["attention_mask"].sum()),
+                               "masked_tokens": int((batch["labels"] != -100).sum())})
+            yield batch
+
+    # ---- cursor ------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """This rank's cursor (JSON-able). Merge all ranks' with `merge_cursors`."""
+        return {
+            "version": CURSOR_VERSION,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "streams_per_rank": self.n_local,
+            "seed": self.spec.seed,
+            "shards": self.spec.shards.fingerprint(),
+            "next_stream": self._next,
+            "streams": copy.deepcopy(self._states),
+        }
+
+    def load_state_dict(self, cursor: dict) -> None:
+        """Continue from a global cursor (from `merge_cursors`), any world size / worker count."""
+        if not isinstance(cursor, dict) or cursor.get("version") != CURSOR_VERSION or "streams" not in cursor:
+            raise DataError(f"data cursor is not a merged cursor of version {CURSOR_VERSION} (got keys "
+                            f"{sorted(cursor) if isinstance(cursor, dict) else type(cursor).__name__})")
+        if cursor["shards"] != self.spec.shards.fingerprint():
+            raise DataError("data cursor was saved for a different shard list (data.path / train_urls changed); "
+                            "start the data fresh or restore the original shards")
+        same = cursor["world_size"] == self.world_size and cursor["streams_per_rank"] == self.n_local
+        if same:
+            lo = self.rank * self.n_local
+            self._states = copy.deepcopy(cursor["streams"][lo:lo + self.n_local])
+            self._next = int(cursor["next_stream"][self.rank])
+        else:
+            new = resplit(cursor["streams"], self.spec.shards, int(cursor["seed"]), self.n_streams)
+            lo = self.rank * self.n_local
+            self._states = new[lo:lo + self.n_local]
+            self._next = 0
+        self._loaded = True
+
+
+def merge_cursors(rank_states: Sequence[dict]) -> dict:
+    """All ranks' `state_dict()`s (any order) -> the global cursor to store in the checkpoint."""
+    states = sorted(rank_states, key=lambda s: s["rank"])
+    world = states[0]["world_size"]
+    if [s["rank"] for s in states] != list(range(world)):
+        raise DataError(f"merge_cursors needs one state per rank 0..{world - 1}, got ranks {[s['rank'] for s in states]}")
+    for key in ("version", "world_size", "streams_per_rank", "seed", "shards"):
+        if len({repr(s[key]) for s in states}) != 1:
+            raise DataError(f"rank cursors disagree on {key!r}")
+    first = states[0]
+    return {
+        "version": first["version"],
+        "world_size": world,
+        "streams_per_rank": first["streams_per_rank"],
+        "seed": first["seed"],
+        "shards": first["shards"],
+        "next_stream": [s["next_stream"] for s in states],
+        "streams": [st for s in states for st in s["streams"]],
+    }
