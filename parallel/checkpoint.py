@@ -1,0 +1,184 @@
+"""Checkpoint metadata, integrity checks and offline helpers (no engine, no process group).
+
+Why a sidecar `parallel_meta.json`: the engine must know a checkpoint's world size and ZeRO stage
+*before* deepspeed.initialize (load_universal is an initialize-time flag), and must refuse a
+half-written or foreign checkpoint with one clear line instead of a DeepSpeed stack trace.
+The meta file is written last, after every rank finished writing, and lists every file with its
+size, so a missing or truncated file is detected without unpickling anything.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Optional
+
+from torch import nn
+
+META_FILE = "parallel_meta.json"
+FORMAT = "parallel-ckpt/1"
+UNIVERSAL_DIR = "universal"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be resumed (half-written, truncated, other model shape)."""
+
+
+def model_signature(model: nn.Module) -> str:
+    """Hash of parameter names and shapes (ZeRO-3 partitioned params report ds_shape)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        shape = tuple(getattr(p, "ds_shape", p.shape))
+        h.update(f"{name}:{list(shape)};".encode())
+    return h.hexdigest()[:16]
+
+
+def list_files(ckpt_dir: str) -> dict[str, int]:
+    """Relative path -> size of every file DeepSpeed wrote (our own meta/universal excluded)."""
+    out = {}
+    for root, dirs, files in os.walk(ckpt_dir):
+        dirs[:] = [d for d in dirs if not (root == ckpt_dir and d.startswith(UNIVERSAL_DIR))]
+        for f in files:
+            path = os.path.join(root, f)
+            rel = os.path.relpath(path, ckpt_dir)
+            if rel != META_FILE and not rel.startswith("latest"):
+                out[rel] = os.path.getsize(path)
+    return out
+
+
+def write_meta(ckpt_dir: str, meta: dict) -> None:
+    """Atomic write (tmp + rename) of the meta file; call on one rank after a barrier."""
+    meta = dict(meta, format=FORMAT, files=list_files(ckpt_dir))
+    tmp = os.path.join(ckpt_dir, META_FILE + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, os.path.join(ckpt_dir, META_FILE))
+
+
+def peek_checkpoint(ckpt_dir: str) -> dict:
+    """Read the meta (world_size, zero_stage, dtype, model_signature, ...) without DeepSpeed."""
+    path = os.path.join(ckpt_dir, META_FILE)
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"checkpoint {ckpt_dir}: no such directory")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: incomplete ({META_FILE} missing: "
+                              "the save did not finish)") from None
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: unreadable {META_FILE} ({e})") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: unknown format {meta.get('format')!r}")
+    return meta
+
+
+def verify_files(ckpt_dir: str, meta: dict) -> None:
+    """Every file the save wrote is present with its recorded size."""
+    for rel, size in sorted(meta.get("files", {}).items()):
+        path = os.path.join(ckpt_dir, rel)
+        if not os.path.isfile(path):
+            raise CheckpointError(f"checkpoint {ckpt_dir}: file {rel} is missing")
+        if os.path.getsize(path) != size:
+            raise CheckpointError(f"checkpoint {ckpt_dir}: file {rel} is truncated "
+                                  f"({os.path.getsize(path)} of {size} bytes)")
+
+
+def check_compatible(ckpt_dir: str, meta: dict, signature: str) -> None:
+    if meta.get("model_signature") != signature:
+        raise CheckpointError(f"checkpoint {ckpt_dir}: model shape differs from the configured model "
+                              f"(signature {meta.get('model_signature')} != {signature})")
+
+
+def needs_universal(meta: dict, world_size: int, zero_stage: int, dtype: str,
+                    pipeline_stages: int = 1) -> bool:
+    """Whether loading `meta`'s checkpoint into this layout must go through a universal checkpoint.
+
+    Same layout (processes, stage, dtype) -> plain load. A ZeRO-0 fp32 checkpoint holds the full
+    optimizer state in one file, so it loads plainly at any world size into ZeRO-0 fp32.
+    """
+    same = (meta["world_size"] == world_size and meta["zero_stage"] == zero_stage
+            and meta.get("dtype") == dtype and meta.get("pipeline_stages", 1) == pipeline_stages)
+    if same:
+        return False
+    full_state = (meta["zero_stage"] == 0 and meta.get("dtype") == "fp32" and zero_stage == 0
+                  and dtype == "fp32" and pipeline_stages == 1 and meta.get("pipeline_stages", 1) == 1)
+    return not full_state
+
+
+def consolidate_fp32(ckpt_dir: str, exclude_frozen: bool = False) -> dict:
+    """Offline: the full fp32 state dict of a DeepSpeed checkpoint (ZeRO 0-3, any world size).
+
+    Uses DeepSpeed's zero_to_fp32 (reads the fp32 master partitions). Tied weights come back as
+    shared tensors; write them with torch.save or de-duplicate before safetensors.
+    """
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    meta = peek_checkpoint(ckpt_dir)
+    verify_files(ckpt_dir, meta)
+    parent, tag = os.path.split(os.path.abspath(ckpt_dir))
+    if meta["zero_stage"] == 0:
+        return _stage0_state_dict(ckpt_dir)
+    return get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag, exclude_frozen_parameters=exclude_frozen)
+
+
+def _stage0_state_dict(ckpt_dir: str) -> dict:
+    """ZeRO-0: module weights are in mp_rank_00_model_states.pt (fp32 unless bf16, then upcast)."""
+    import torch
+
+    path = os.path.join(ckpt_dir, "mp_rank_00_model_states.pt")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
+        raise CheckpointError(f"checkpoint {ckpt_dir}: cannot read {os.path.basename(path)} ({e})") from None
+    return {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}
+
+
+def universal_dir(ckpt_dir: str) -> str:
+    return os.path.join(ckpt_dir, UNIVERSAL_DIR)
+
+
+def universal_ready(ckpt_dir: str) -> bool:
+    return os.path.isfile(os.path.join(universal_dir(ckpt_dir), "DONE"))
+
+
+def to_universal(ckpt_dir: str) -> str:
+    """Convert once into <ckpt_dir>/universal (build in a temp dir, rename when complete).
+
+    Runs DeepSpeed's ds_to_universal in-process with --inject_missing_state (needed for
+    checkpoints written by deepspeed.initialize-built engines) and one worker (no fork storms).
+    Call on one rank; the others wait at a barrier.
+    """
+    import argparse
+    import shutil
+
+    from deepspeed.checkpoint import ds_to_universal
+
+    out = universal_dir(ckpt_dir)
+    if universal_ready(ckpt_dir):
+        return out
+    tmp = out + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    args = argparse.Namespace(input_folder=ckpt_dir, output_folder=tmp, num_extract_workers=1,
+                              num_merge_workers=1, keep_temp_folder=False, strict=True,
+                              inject_missing_state=True)
+    try:
+        ds_to_universal.main(args)
+    except Exception as e:  # noqa: BLE001 - conversion failures are reported as one line
+        raise CheckpointError(f"checkpoint {ckpt_dir}: universal conversion failed "
+                              f"({type(e).__name__}: {e})") from e
+    finally:
+        stray = os.path.join(ckpt_dir, "latest_universal")  # ds_to_universal writes it next to tmp
+        if os.path.exists(stray):
+            os.remove(stray)
+    open(os.path.join(tmp, "DONE"), "w").close()
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)
+    return out
+
+
+def load_error(ckpt_dir: str, exc: BaseException) -> Optional[CheckpointError]:
+    return CheckpointError(f"checkpoint {ckpt_dir}: cannot load ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''})")

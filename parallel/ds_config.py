@@ -1,0 +1,109 @@
+"""Build the DeepSpeed config dict from the typed configs.
+
+Why a pure function: every key DeepSpeed sees is decided here and unit-testable without starting
+processes; user mistakes (fp16 on a device without fp16, ZeRO>=2 with pipeline, offload without
+ZeRO) become one-line ValueErrors before deepspeed.initialize.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
+from .optim import uses_client_optimizer
+
+DTYPES = ("fp32", "bf16", "fp16")
+NEVER = 2**31 - 1  # steps_per_print: DeepSpeed's own step logging stays quiet
+
+
+def validate(parallel: ParallelConfig, precision: PrecisionConfig, optim: OptimConfig) -> None:
+    """One-line errors for combinations that DeepSpeed would reject late or cryptically."""
+    if parallel.zero_stage not in (0, 1, 2, 3):
+        raise ValueError(f"parallel.zero_stage={parallel.zero_stage}: expected 0, 1, 2 or 3")
+    if precision.dtype not in DTYPES:
+        raise ValueError(f"precision.dtype={precision.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if parallel.offload_optimizer and parallel.zero_stage < 1:
+        raise ValueError("parallel.offload_optimizer=true needs parallel.zero_stage >= 1")
+    if parallel.offload_params and parallel.zero_stage != 3:
+        raise ValueError("parallel.offload_params=true needs parallel.zero_stage=3")
+    if parallel.pipeline_stages < 1:
+        raise ValueError(f"parallel.pipeline_stages={parallel.pipeline_stages}: must be >= 1")
+    if parallel.pipeline_stages > 1 and parallel.zero_stage >= 2:
+        raise ValueError(f"parallel.pipeline_stages={parallel.pipeline_stages} with "
+                         f"zero_stage={parallel.zero_stage}: pipeline parallelism supports ZeRO 0-1 only")
+    uses_client_optimizer(optim)  # validates optim.impl
+    if optim.grad_clip < 0:
+        raise ValueError(f"optim.grad_clip={optim.grad_clip}: must be >= 0 (0 = off)")
+
+
+def check_device_dtype(dtype: str) -> None:
+    """fp16/bf16 need accelerator support; fail at build time instead of deep inside DeepSpeed."""
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    if dtype == "fp16" and not acc.is_fp16_supported():
+        raise ValueError(f"precision.dtype=fp16 is not supported on the {acc.device_name()} "
+                         "accelerator (fp16 needs a GPU); use precision=bf16 or fp32")
+    if dtype == "bf16" and not acc.is_bf16_supported():
+        raise ValueError(f"precision.dtype=bf16 is not supported on the {acc.device_name()} "
+                         "accelerator; use precision=fp32")
+
+
+def build_ds_config(parallel: ParallelConfig, precision: PrecisionConfig, optim: OptimConfig,
+                    schedule: Optional[ScheduleConfig], micro_batch_size: int, grad_accum: int,
+                    world_size: int, *, load_universal: bool = False) -> dict:
+    """DeepSpeed config. The lr schedule is not in it: engine passes a LambdaLR (schedules.py).
+
+    world_size is the total process count; data-parallel size = world_size / pipeline_stages.
+    """
+    validate(parallel, precision, optim)
+    if micro_batch_size < 1 or grad_accum < 1:
+        raise ValueError(f"micro_batch_size={micro_batch_size}, grad_accum={grad_accum}: must be >= 1")
+    if world_size % parallel.pipeline_stages:
+        raise ValueError(f"world size {world_size} is not divisible by "
+                         f"parallel.pipeline_stages={parallel.pipeline_stages}")
+    dp = world_size // parallel.pipeline_stages
+    zero: dict = {
+        "stage": parallel.zero_stage,
+        "overlap_comm": parallel.overlap_comm,
+        "contiguous_gradients": parallel.contiguous_gradients,
+        "reduce_bucket_size": int(parallel.reduce_bucket_size),
+        "allgather_bucket_size": int(parallel.allgather_bucket_size),
+    }
+    if parallel.zero_stage == 3:
+        zero.pop("allgather_bucket_size")  # stage 3 uses prefetch/param knobs instead
+        zero["stage3_gather_16bit_weights_on_model_save"] = False
+    if parallel.offload_optimizer:
+        zero["offload_optimizer"] = {"device": "cpu", "pin_memory": False}
+    if parallel.offload_params:
+        zero["offload_param"] = {"device": "cpu", "pin_memory": False}
+    config: dict = {
+        "train_micro_batch_size_per_gpu": int(micro_batch_size),
+        "gradient_accumulation_steps": int(grad_accum),
+        "train_batch_size": int(micro_batch_size) * int(grad_accum) * dp,
+        "gradient_clipping": float(optim.grad_clip),
+        "steps_per_print": NEVER,
+        "wall_clock_breakdown": False,
+        "zero_optimization": zero,
+        "bf16": {"enabled": precision.dtype == "bf16"},
+        "fp16": {"enabled": precision.dtype == "fp16"},
+    }
+    if precision.dtype == "fp16":
+        config["fp16"].update(loss_scale=float(precision.loss_scale),
+                              initial_scale_power=int(precision.initial_scale_power),
+                              loss_scale_window=int(precision.loss_scale_window),
+                              hysteresis=int(precision.hysteresis),
+                              min_loss_scale=float(precision.min_loss_scale))
+    if uses_client_optimizer(optim):
+        if parallel.offload_optimizer:
+            # Our torch optimizer steps on CPU-offloaded fp32 partitions; DeepSpeed refuses a
+            # non-DeepSpeed optimizer with offload unless told this explicitly.
+            config["zero_force_ds_cpu_optimizer"] = False
+    else:
+        config["optimizer"] = {"type": "AdamW", "params": {
+            "lr": optim.lr, "betas": [float(b) for b in optim.betas], "eps": optim.eps,
+            "weight_decay": optim.weight_decay, "adam_w_mode": True}}
+    # Our AdamW/LAMB are ordinary torch optimizers; ZeRO wraps them fine (tested).
+    config["zero_allow_untested_optimizer"] = True
+    if load_universal:
+        config["checkpoint"] = {"load_universal": True}
+    return config

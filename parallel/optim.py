@@ -1,0 +1,114 @@
+"""Optimizers: weight-decay parameter groups, AdamW (torch) and LAMB (torch implementation).
+
+Why torch implementations by default: on CPU they give bit-identical resume (DeepSpeed's fused /
+CPU Adam recompute beta^t on reload and drift ~1e-6), and DeepSpeed's FusedLamb is CUDA-only.
+`impl: deepspeed` for AdamW is handled in ds_config (the optimizer goes into the DeepSpeed config).
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+from torch.optim import Optimizer
+
+from .config import OptimConfig
+
+OPTIMIZERS = ("adamw", "lamb")
+IMPLS = ("torch", "deepspeed")
+_NO_DECAY_NAMES = ("bias", "layernorm", "layer_norm", "norm.")
+
+
+def no_decay(name: str, param: torch.Tensor) -> bool:
+    """Biases and LayerNorm weights (1-D tensors, or names saying so) get no weight decay."""
+    lowered = name.lower()
+    return param.ndim < 2 or any(token in lowered for token in _NO_DECAY_NAMES)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Two groups: decayed matrices, and biases/LayerNorm without decay and without LAMB adaptation."""
+    decay, plain = [], []
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:  # tied weights appear once
+            continue
+        seen.add(id(p))
+        (plain if no_decay(name, p) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay, "adapt": True},
+              {"params": plain, "weight_decay": 0.0, "adapt": False}]
+    return [g for g in groups if g["params"]]
+
+
+class Lamb(Optimizer):
+    """LAMB (You et al. 2019, "Large Batch Optimization for Deep Learning"), with bias correction.
+
+    Per parameter: m, v as in Adam; u = m_hat / (sqrt(v_hat) + eps) + wd * p;
+    trust = ||p|| / ||u|| (1 if either norm is 0), clamped to [0, max_trust]; p -= lr * trust * u.
+    Groups with adapt=False (biases, LayerNorm: like NVIDIA's implementation) use trust = 1.
+    """
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
+                 weight_decay: float = 0.0, max_trust: float = 10.0, adapt: bool = True):
+        if lr < 0 or eps < 0 or weight_decay < 0:
+            raise ValueError(f"Lamb: invalid lr={lr} / eps={eps} / weight_decay={weight_decay}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                        max_trust=max_trust, adapt=adapt)
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.float()
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+                state["step"] += 1
+                t = int(state["step"].item())
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m.mul_(beta1).add_(grad, alpha=1 - beta1)
+                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                m_hat = m / (1 - beta1 ** t)
+                v_hat = v / (1 - beta2 ** t)
+                update = m_hat / (v_hat.sqrt() + group["eps"])
+                data = p.float()
+                if group["weight_decay"]:
+                    update.add_(data, alpha=group["weight_decay"])
+                trust = 1.0
+                if group["adapt"]:
+                    w_norm = data.norm().item()
+                    u_norm = update.norm().item()
+                    if w_norm > 0 and u_norm > 0:
+                        trust = min(max(w_norm / u_norm, 0.0), group["max_trust"])
+                p.add_((-group["lr"] * trust * update).to(p.dtype))
+        return loss
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
+    """The client optimizer handed to deepspeed.initialize (impl=torch, or any LAMB)."""
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"optim.name={cfg.name!r}: expected one of {', '.join(OPTIMIZERS)}")
+    groups = param_groups(model, cfg.weight_decay)
+    betas = tuple(float(b) for b in cfg.betas)
+    if cfg.name == "lamb":
+        return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    for g in groups:
+        g.pop("adapt")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, foreach=False)
+
+
+def uses_client_optimizer(cfg: OptimConfig) -> bool:
+    """False only for impl=deepspeed AdamW, which ds_config puts in the DeepSpeed config."""
+    if cfg.impl not in IMPLS:
+        raise ValueError(f"optim.impl={cfg.impl!r}: expected one of {', '.join(IMPLS)}")
+    return not (cfg.name == "adamw" and cfg.impl == "deepspeed")

@@ -1,0 +1,149 @@
+"""Multi-process scenarios for test_engine_dist.py, run under torchrun (gloo, DS_ACCELERATOR=cpu).
+
+usage: torchrun --nproc_per_node N _worker.py SCENARIO WORKDIR
+Rank 0 writes WORKDIR/SCENARIO.json with everything the test asserts on; several checks per
+launch because launches are slow.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
+
+from toy import ToyBert, global_batch, rank_micro_batches, toy_loss  # noqa: E402
+
+from parallel.checkpoint import CheckpointError  # noqa: E402
+from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig  # noqa: E402
+from parallel.engine import build_engine  # noqa: E402
+from parallel.topology import all_reduce_sum, barrier, detect  # noqa: E402
+
+SEED, MICRO, STEPS = 1234, 4, 6
+
+
+def make_engine(topo, zero=0, dtype="fp32", gas=2, dropout=0.1, hidden=32, resume_from=None,
+                optim="adamw", lr=3e-3):
+    torch.manual_seed(SEED)
+    model = ToyBert(hidden=hidden, dropout=dropout)
+    return build_engine(model, toy_loss, ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype),
+                        OptimConfig(name=optim, lr=lr, grad_clip=1.0),
+                        ScheduleConfig(name="linear", warmup_steps=2),
+                        total_steps=20, micro_batch_size=MICRO, grad_accum=gas, topo=topo, seed=SEED,
+                        resume_from=resume_from)
+
+
+def run(engine, topo, gas, steps, save_at=None, save_dir=None):
+    out = []
+    while engine.global_step < steps:
+        step = engine.global_step
+        m = engine.train_step(rank_micro_batches(SEED, step, gas, topo.world_size, topo.rank, MICRO))
+        out.append(m)
+        if save_at is not None and engine.global_step == save_at:
+            engine.save(save_dir, {"step": engine.global_step, "note": "hello"})
+    return out
+
+
+def reference(step, gas, world):
+    """Single process, plain torch, full global batch, dropout off: loss and grad norm."""
+    torch.manual_seed(SEED)
+    model = ToyBert(dropout=0.0)
+    micros = global_batch(SEED, step, gas * world, MICRO)
+    batch = {k: torch.cat([m[k] for m in micros]) for k in micros[0]}
+    out = model(**{k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")})
+    loss, _ = toy_loss(out, batch, float((batch["labels"] != -100).sum()),
+                       float((batch["sentence_label"] != -100).sum()))
+    loss.backward()
+    norm = torch.sqrt(sum((p.grad.double() ** 2).sum() for p in model.parameters()))
+    return float(loss.detach()), float(norm)
+
+
+def expect_error(fn):
+    try:
+        fn()
+    except CheckpointError as e:
+        return str(e)
+    return None
+
+
+def scenario_stages(topo, work):
+    res = {}
+    for zero in (0, 1, 2, 3):
+        engine = make_engine(topo, zero=zero, dropout=0.0, lr=1e-2)
+        held_out = global_batch(SEED + 1, 0, topo.world_size, MICRO)[topo.rank]
+        before = engine.eval_step(held_out)
+        metrics = run(engine, topo, 2, STEPS)
+        after = engine.eval_step(held_out)
+        res[f"zero{zero}"] = metrics
+        res[f"eval{zero}"] = [all_reduce_sum(torch.tensor([e["mlm_loss_sum"], e["mlm_count"]])).tolist()
+                              for e in (before, after)]
+    res["reference"] = reference(0, 2, topo.world_size)
+    # LAMB under ZeRO-2 trains too (client torch optimizer inside ZeRO).
+    res["lamb"] = run(make_engine(topo, zero=2, optim="lamb", lr=1e-2), topo, 2, STEPS)
+    return res
+
+
+def scenario_save(topo, work):
+    res = {}
+    for name, zero, dtype, gas, dropout in (("z2", 2, "fp32", 2, 0.1), ("z3bf16", 3, "bf16", 2, 0.1),
+                                            ("z2src", 2, "fp32", 1, 0.0)):
+        engine = make_engine(topo, zero=zero, dtype=dtype, gas=gas, dropout=dropout)
+        res[name] = run(engine, topo, gas, STEPS, save_at=3, save_dir=os.path.join(work, name))
+        if name == "z3bf16":
+            res["consolidated_keys"] = sorted(engine.consolidated_state_dict())
+    return res
+
+
+def scenario_resume(topo, work):
+    res = {}
+    for name, zero, dtype in (("z2", 2, "fp32"), ("z3bf16", 3, "bf16")):
+        path = os.path.join(work, name)
+        engine = make_engine(topo, zero=zero, dtype=dtype, resume_from=path)
+        client = engine.load(path)
+        res[name] = {"client": client, "step": engine.global_step, "metrics": run(engine, topo, 2, STEPS)}
+    # A truncated file, a missing meta file, another model shape: one-line CheckpointErrors.
+    bad = os.path.join(work, "bad")
+    if topo.rank == 0:
+        shutil.rmtree(bad, ignore_errors=True)
+        shutil.copytree(os.path.join(work, "z2"), bad)
+        victim = sorted(f for f in os.listdir(bad) if f.endswith("optim_states.pt"))[0]
+        with open(os.path.join(bad, victim), "r+b") as f:
+            f.truncate(100)
+    barrier()
+    res["truncated"] = expect_error(lambda: make_engine(topo, zero=2, resume_from=bad))
+    engine = make_engine(topo, zero=2)
+    res["truncated_load"] = expect_error(lambda: engine.load(bad))
+    res["other_shape"] = expect_error(lambda: make_engine(topo, zero=2, hidden=48,
+                                                          resume_from=os.path.join(work, "z2")))
+    barrier()
+    if topo.rank == 0:
+        os.remove(os.path.join(bad, "parallel_meta.json"))
+    barrier()
+    res["unfinished"] = expect_error(lambda: engine.load(bad))
+    return res
+
+
+def scenario_universal(topo, work):
+    """One rank resumes the 2-rank ZeRO-2 checkpoint (same global batch: grad_accum doubled)."""
+    path = os.path.join(work, "z2src")
+    engine = make_engine(topo, zero=2, gas=2, dropout=0.0, resume_from=path)
+    client = engine.load(path)
+    return {"client": client, "step": engine.global_step, "metrics": run(engine, topo, 2, STEPS),
+            "universal_exists": os.path.isdir(os.path.join(path, "universal"))}
+
+
+def main():
+    scenario, work = sys.argv[1], sys.argv[2]
+    topo = detect()
+    res = globals()[f"scenario_{scenario}"](topo, work)
+    if topo.rank == 0:
+        with open(os.path.join(work, f"{scenario}.json"), "w") as f:
+            json.dump(res, f, default=str)
+
+
+if __name__ == "__main__":
+    main()
