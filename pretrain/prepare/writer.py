@@ -1,0 +1,144 @@
+"""Two-pass, bounded-memory shuffle into shards.
+
+Pass 1 appends each encoded document to one of B bucket files chosen by a seeded hash of its doc id
+(buffered in memory up to `spill_buffer_bytes` in total, then appended to disk). B is chosen so a
+bucket is about half a shard (estimated from input size). Pass 2 reads buckets one at a time in
+index order, shuffles each (seeded), and cuts the resulting stream into S shards of equal document
+count, shuffling each shard again before writing it. Peak memory ~ one shard + one bucket, whatever
+the corpus size; the output depends only on (seed, documents), not on worker count or timing.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from pretrain.prepare.encode import RECORD_HEADER
+from pretrain.shardformat import doc_key
+
+SHARD_PATTERN = "shard-%06d.tar"
+_MASK64 = (1 << 64) - 1
+# A tar member costs a 512-byte header plus padding to 512; two members per document.
+TAR_OVERHEAD_PER_DOC = 2 * 512 + 512
+
+
+def mix64(x: int) -> int:
+    """splitmix64 finalizer: a fast, well-mixed, platform-independent integer hash."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def is_valid(doc_id: int, seed: int, fraction: float) -> bool:
+    """Train/valid assignment by a seeded hash of the doc id (not by position or worker)."""
+    return (mix64(mix64(seed) ^ doc_id) >> 11) / float(1 << 53) < fraction
+
+
+def bucket_of(doc_id: int, seed: int, n_buckets: int) -> int:
+    return mix64(mix64(seed + 0x5BD1E995) ^ doc_id) % n_buckets
+
+
+@dataclass
+class BucketSpill:
+    """B append-only bucket files for one split, with a shared bounded in-memory buffer."""
+
+    directory: str
+    n_buckets: int
+    spill_buffer_bytes: int = 32 * 1024 * 1024
+    buffers: dict[int, bytearray] = field(default_factory=dict)
+    buffered: int = 0
+    documents: int = 0
+    payload_bytes: int = 0
+
+    def __post_init__(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+
+    def path(self, bucket: int) -> str:
+        return os.path.join(self.directory, f"bucket-{bucket:06d}.bin")
+
+    def add(self, bucket: int, record: bytes) -> None:
+        self.buffers.setdefault(bucket, bytearray()).extend(record)
+        self.buffered += len(record)
+        self.documents += 1
+        self.payload_bytes += len(record) - RECORD_HEADER.size + TAR_OVERHEAD_PER_DOC
+        if self.buffered >= self.spill_buffer_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        # Open/append/close per bucket: B can be in the thousands, more than the fd limit allows open.
+        for bucket in sorted(self.buffers):
+            with open(self.path(bucket), "ab") as f:
+                f.write(self.buffers[bucket])
+        self.buffers.clear()
+        self.buffered = 0
+
+    def read(self, bucket: int) -> list[bytes]:
+        path = self.path(bucket)
+        if not os.path.exists(path):
+            return []
+        with open(path, "rb") as f:
+            data = f.read()
+        os.remove(path)
+        records = []
+        pos = 0
+        while pos < len(data):
+            _, _, _, la, lb = RECORD_HEADER.unpack_from(data, pos)
+            end = pos + RECORD_HEADER.size + la + lb
+            records.append(data[pos:end])
+            pos = end
+        return records
+
+
+def _stream(spill: BucketSpill, seed: int, split: str) -> Iterator[bytes]:
+    for bucket in range(spill.n_buckets):
+        records = spill.read(bucket)
+        random.Random(f"{seed}/{split}/bucket/{bucket}").shuffle(records)
+        yield from records
+
+
+def number_of_shards(documents: int, payload_bytes: int, shard_size_bytes: int, min_shards: int) -> int:
+    if documents == 0:
+        return 0
+    wanted = max(min_shards, -(-payload_bytes // shard_size_bytes))
+    return max(1, min(wanted, documents))
+
+
+def write_shards(spill: BucketSpill, out_dir: str, split: str, seed: int, n_shards: int) -> list[dict]:
+    """Pass 2: buckets -> `n_shards` tars under out_dir/split; returns the manifest's shard entries."""
+    spill.flush()
+    os.makedirs(os.path.join(out_dir, split), exist_ok=True)
+    entries: list[dict] = []
+    if n_shards == 0:
+        return entries
+    total = spill.documents
+    stream = _stream(spill, seed, split)
+    for k in range(n_shards):
+        count = (k + 1) * total // n_shards - k * total // n_shards
+        records = [next(stream) for _ in range(count)]
+        random.Random(f"{seed}/{split}/shard/{k}").shuffle(records)
+        name = f"{split}/{SHARD_PATTERN % k}"
+        entries.append(_write_tar(os.path.join(out_dir, name), name, records))
+    return entries
+
+
+def _write_tar(path: str, name: str, records: list[bytes]) -> dict:
+    import webdataset as wds  # imports torch: only pay for it when writing
+
+    sentences = tokens = 0
+    with open(path, "wb") as f:
+        writer = wds.TarWriter(f, mtime=0.0, user="", group="", encoder=False)
+        for rec in records:
+            doc_id, n_sents, n_tokens, la, lb = RECORD_HEADER.unpack_from(rec, 0)
+            start = RECORD_HEADER.size
+            writer.write({
+                "__key__": doc_key(doc_id),
+                "ids.npy": rec[start : start + la],
+                "sents.npy": rec[start + la : start + la + lb],
+            })
+            sentences += n_sents
+            tokens += n_tokens
+        writer.close()
+    return {"name": name, "documents": len(records), "sentences": sentences, "tokens": tokens,
+            "bytes": os.path.getsize(path)}
