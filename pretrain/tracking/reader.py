@@ -1,0 +1,115 @@
+"""Stream a run's metrics.jsonl into bounded-size curves (for `pretrain-compare`).
+
+Memory is O(metrics x max_points) whatever the run length: each curve keeps every k-th point and
+doubles k when it fills up. Last value and best eval accuracy are tracked exactly on the side.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .jsonl import FILENAME
+
+# What the trainer logs; `pretrain-compare` plots the loss/accuracy ones by default.
+KNOWN_METRICS = [
+    "train/loss", "train/mlm_loss", "train/sop_loss", "train/sentence_loss", "train/mlm_acc", "train/sop_acc",
+    "train/lr", "train/grad_norm", "train/loss_scale", "train/tokens_per_s", "train/samples_per_s", "train/mfu",
+    "train/data_wait", "train/peak_mem_gb", "eval/loss", "eval/mlm_loss", "eval/sop_loss", "eval/mlm_acc",
+    "eval/sop_acc",
+]
+PLOT_DEFAULT = [m for m in KNOWN_METRICS if m.rsplit("/", 1)[-1] in
+                ("loss", "mlm_loss", "sop_loss", "sentence_loss", "mlm_acc", "sop_acc")]
+BEST_METRIC = "eval/mlm_acc"
+
+
+class MetricsError(Exception):
+    """A user-facing problem with a run's metrics file (reported in one line)."""
+
+
+class Downsampler:
+    """Keep at most ~max_points (step, value) pairs spread evenly over the stream."""
+
+    def __init__(self, max_points: int):
+        self.max_points = max(2, max_points)
+        self.stride = 1
+        self.seen = 0
+        self.points: list[tuple[int, float]] = []
+
+    def add(self, step: int, value: float) -> None:
+        if self.seen % self.stride == 0:
+            self.points.append((step, value))
+            if len(self.points) >= 2 * self.max_points:
+                self.points = self.points[::2]
+                self.stride *= 2
+        self.seen += 1
+
+
+@dataclass
+class RunCurves:
+    name: str
+    path: Path
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    last: dict[str, tuple[int, float]] = field(default_factory=dict)
+    best: Optional[tuple[int, float]] = None      # (step, value) of max eval/mlm_acc
+    last_step: Optional[int] = None
+    lines: int = 0
+    skipped_torn_tail: bool = False
+
+
+def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> RunCurves:
+    """Read <run_dir>/metrics.jsonl. `smooth` = trailing moving-average window for
+    the plotted non-eval curves (last/best values stay exact).
+
+    Raises MetricsError for a missing dir/file or a malformed line (named file:line). One
+    exception: an unterminated *last* line is what a crash mid-write leaves, so it is skipped
+    (reported via `skipped_torn_tail`) rather than making a crashed run uncomparable.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise MetricsError(f"{run_dir}: no such run directory")
+    path = run_dir / FILENAME
+    if not path.is_file():
+        raise MetricsError(f"{path}: no metrics file (was the run started with this code?)")
+    run = RunCurves(name=run_dir.resolve().name, path=path)
+    samplers: dict[str, Downsampler] = {}
+    windows: dict[str, deque] = {}
+    with open(path, "rb") as f:
+        lineno = 0
+        for raw in f:
+            lineno += 1
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw)
+                if not isinstance(rec, dict):
+                    raise ValueError("not a JSON object")
+                step = rec.get("step")
+                if not isinstance(step, int) or isinstance(step, bool):
+                    raise ValueError("missing integer 'step'")
+            except ValueError as e:  # json.JSONDecodeError is a ValueError
+                if not raw.endswith(b"\n"):  # only the file's last line can lack one
+                    run.skipped_torn_tail = True
+                    break
+                raise MetricsError(f"{path}:{lineno}: malformed line ({e})") from None
+            run.lines += 1
+            run.last_step = step
+            for key, value in rec.items():
+                if key in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
+                    continue
+                value = float(value)
+                run.last[key] = (step, value)
+                if key == BEST_METRIC and math.isfinite(value) and (run.best is None or value > run.best[1]):
+                    run.best = (step, value)
+                if smooth > 1 and not key.startswith("eval/"):  # eval points are sparse averages already
+                    win = windows.setdefault(key, deque(maxlen=smooth))
+                    win.append(value)
+                    value = sum(win) / len(win)
+                samplers.setdefault(key, Downsampler(max_points)).add(step, value)
+    if run.lines == 0:
+        raise MetricsError(f"{path}: no metrics logged yet")
+    run.curves = {k: s.points for k, s in samplers.items()}
+    return run
