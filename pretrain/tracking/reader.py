@@ -91,10 +91,11 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
                 if not isinstance(step, int) or isinstance(step, bool):
                     raise ValueError("missing integer 'step'")
             except ValueError as e:  # json.JSONDecodeError is a ValueError
+                why = f"invalid JSON at column {e.colno}: {e.msg}" if isinstance(e, json.JSONDecodeError) else str(e)
                 if not raw.endswith(b"\n"):  # only the file's last line can lack one
                     run.skipped_torn_tail = True
                     break
-                raise MetricsError(f"{path}:{lineno}: malformed line ({e})") from None
+                raise MetricsError(f"{path}:{lineno}: malformed line ({why})") from None
             run.lines += 1
             run.last_step = step
             for key, value in rec.items():

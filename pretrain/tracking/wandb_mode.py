@@ -10,6 +10,7 @@ So the mode is resolved here from local facts only (env, netrc, wandb's settings
 """
 from __future__ import annotations
 
+import configparser
 import netrc
 import os
 from pathlib import Path
@@ -18,10 +19,24 @@ from urllib.parse import urlsplit
 DEFAULT_BASE_URL_FALLBACK = "https://api.wandb.ai"
 
 
+def _settings_file() -> dict[str, str]:
+    """[default] of wandb's settings file (WANDB_CONFIG_DIR or ~/.config/wandb), read afresh:
+    wandb's own settings singleton caches env values, which would make this answer stale."""
+    config_dir = os.environ.get("WANDB_CONFIG_DIR") or str(Path.home() / ".config" / "wandb")
+    parser = configparser.ConfigParser()
+    try:
+        parser.read(Path(config_dir) / "settings")
+    except (OSError, configparser.Error):
+        return {}
+    return dict(parser["default"]) if parser.has_section("default") else {}
+
+
 def _base_url() -> str:
-    """The configured W&B host: WANDB_BASE_URL, else wandb's own default (no network)."""
+    """The configured W&B host: WANDB_BASE_URL, the settings file, else wandb's own default."""
     if os.environ.get("WANDB_BASE_URL"):
         return os.environ["WANDB_BASE_URL"]
+    if _settings_file().get("base_url"):
+        return _settings_file()["base_url"]
     try:
         from wandb.sdk.lib import urls
         return urls.DEFAULT_BASE_URL
@@ -52,11 +67,7 @@ def has_credentials() -> bool:
         return True
     if _netrc_has_key(_base_url()):
         return True
-    try:  # `api_key` in wandb's settings file (loads files/env only, starts nothing)
-        from wandb.sdk import wandb_setup
-        return bool(wandb_setup.singleton().settings.api_key)
-    except Exception:
-        return False
+    return bool(_settings_file().get("api_key"))
 
 
 def resolve_wandb_mode(requested: str) -> tuple[str, str]:
