@@ -52,6 +52,7 @@ class PrepareConfig:
     overwrite: bool = False
     progress: bool = True
     chunk_bytes: int = 1024 * 1024      # raw text per task sent to a worker
+    spill_buffer_bytes: int = 32 * 1024 * 1024  # encoded docs buffered before appending to bucket files
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     format: FormatConfig = field(default_factory=FormatConfig)
 
@@ -69,7 +70,7 @@ _CHOICES = {
 
 # Keys that do not change the output bytes: excluded from config_hash, so re-running with another
 # worker count or without progress bars is "the same config".
-_NOT_HASHED = ("output", "num_workers", "overwrite", "progress", "chunk_bytes")
+_NOT_HASHED = ("output", "num_workers", "overwrite", "progress", "chunk_bytes", "spill_buffer_bytes")
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -156,6 +157,7 @@ def validate_config(raw: Any) -> PrepareConfig:
         "min_valid_shards": cfg.min_valid_shards >= 0,
         "max_document_chars": cfg.max_document_chars >= 1,
         "chunk_bytes": cfg.chunk_bytes >= 1,
+        "spill_buffer_bytes": cfg.spill_buffer_bytes >= 0,
         "tokenizer.vocab_size": 5 < cfg.tokenizer.vocab_size <= 2**31 - 1,
         "tokenizer.min_frequency": cfg.tokenizer.min_frequency >= 0,
         "tokenizer.train_bytes": cfg.tokenizer.train_bytes >= 0,

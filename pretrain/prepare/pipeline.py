@@ -215,9 +215,9 @@ def _tokenize_and_shard(cfg: PrepareConfig, files: list[InputFile], tok: Tokeniz
     vf = cfg.validation_fraction
     spills = {
         "train": BucketSpill(os.path.join(tmp, "buckets", "train"),
-                             _estimate_buckets(cfg, files, 1.0 - vf, cfg.min_train_shards)),
+                             _estimate_buckets(cfg, files, 1.0 - vf, cfg.min_train_shards), cfg.spill_buffer_bytes),
         "valid": BucketSpill(os.path.join(tmp, "buckets", "valid"),
-                             _estimate_buckets(cfg, files, vf, max(1, cfg.min_valid_shards))),
+                             _estimate_buckets(cfg, files, vf, max(1, cfg.min_valid_shards)), cfg.spill_buffer_bytes),
     }
     split_stats = {s: SplitStats() for s in SPLITS}
     file_stats = [FileStats() for _ in files]
