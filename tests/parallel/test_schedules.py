@@ -1,0 +1,67 @@
+"""LR curves (multipliers of the peak lr) and their LambdaLR wiring."""
+import math
+
+import pytest
+import torch
+
+from parallel.config import ScheduleConfig
+from parallel.schedules import LrMultiplier, build_scheduler
+
+
+def curve(name, total=10, warmup=2, min_ratio=0.0, decay_fraction=0.1, **kw):
+    f = LrMultiplier(ScheduleConfig(name=name, warmup_steps=warmup, min_lr_ratio=min_ratio,
+                                    decay_fraction=decay_fraction, **kw), total)
+    return [f(s) for s in range(total + 2)]
+
+
+def test_warmup_then_linear():
+    c = curve("linear", total=10, warmup=2, min_ratio=0.1)
+    assert c[:2] == [0.5, 1.0]
+    assert c[2] == 1.0
+    assert c[6] == pytest.approx(1 - 0.9 * 4 / 8)
+    assert c[10] == pytest.approx(0.1) and c[11] == pytest.approx(0.1)  # stays at the floor
+    assert all(a >= b for a, b in zip(c[2:], c[3:]))
+
+
+def test_cosine():
+    c = curve("cosine", total=10, warmup=0, min_ratio=0.2)
+    assert c[0] == 1.0
+    assert c[5] == pytest.approx(0.2 + 0.8 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert c[10] == pytest.approx(0.2)
+
+
+def test_constant_and_warmup_fraction():
+    c = curve("constant", total=10, warmup=0, warmup_fraction=0.3)
+    assert c[:3] == pytest.approx([1 / 3, 2 / 3, 1.0]) and set(c[3:]) == {1.0}
+
+
+def test_wsd_stable_then_decay():
+    c = curve("wsd", total=20, warmup=2, min_ratio=0.0, decay_fraction=0.25)
+    assert c[1] == 1.0 and set(c[2:15]) == {1.0}
+    assert c[15] == 1.0 and c[16] == pytest.approx(0.8) and c[20] == pytest.approx(0.0)
+
+
+def test_schedule_total_steps_override_and_errors():
+    f = LrMultiplier(ScheduleConfig(name="linear", total_steps=4), total_steps=100)
+    assert f(2) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="schedule.name"):
+        LrMultiplier(ScheduleConfig(name="poly"), 10)
+    with pytest.raises(ValueError, match="min_lr_ratio"):
+        LrMultiplier(ScheduleConfig(min_lr_ratio=2.0), 10)
+
+
+def test_lambdalr_steps_and_state_roundtrip():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=2.0)
+    sched = build_scheduler(opt, ScheduleConfig(name="linear", warmup_steps=2), 6)
+    lrs = []
+    for _ in range(4):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([1.0, 2.0, 2.0, 1.5])
+    opt2 = torch.optim.SGD([p], lr=2.0)
+    sched2 = build_scheduler(opt2, ScheduleConfig(name="linear", warmup_steps=2), 6)
+    sched2.load_state_dict(sched.state_dict())
+    opt2.param_groups[0]["lr"] = sched2.get_last_lr()[0]
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(1.0)
