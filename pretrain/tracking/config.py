@@ -10,6 +10,7 @@ from typing import Optional
 
 BACKENDS = ("jsonl", "tensorboard", "wandb")
 WANDB_MODES = ("auto", "offline", "online", "disabled")
+METRICS_FILE = "metrics.jsonl"   # <run_dir>/metrics.jsonl: written by jsonl.py, read by reader.py
 
 
 @dataclass

@@ -15,9 +15,9 @@ from typing import Any, Optional
 
 from accelerate.tracking import GeneralTracker
 
-log = logging.getLogger(__name__)
+from .config import METRICS_FILE as FILENAME
 
-FILENAME = "metrics.jsonl"
+log = logging.getLogger(__name__)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .jsonl import FILENAME
+from .config import METRICS_FILE as FILENAME
 
 # What the trainer logs; `pretrain-compare` plots the loss/accuracy ones by default.
 KNOWN_METRICS = [

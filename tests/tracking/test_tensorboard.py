@@ -40,3 +40,16 @@ def test_resume_purges_steps_after_checkpoint(tmp_path):
     _, got = scalars(tmp_path / "tensorboard")
     assert got["train/loss"] == [(0, 0.0), (1, 1.0), (2, 2.0), (3, 3.0), (4, 4.0), (5, 5.0),
                                  (6, 106.0), (7, 107.0), (8, 108.0)]
+
+
+def test_fresh_start_over_old_events_hides_them(tmp_path):
+    t = build_tracker(TB, tmp_path, "r", {})
+    for s in range(5):
+        t.log({"train/loss": float(s)}, step=s)
+    t.close()                                  # crashed before the first checkpoint: relaunch fresh
+    t = build_tracker(TB, tmp_path, "r", {})
+    for s in range(2):
+        t.log({"train/loss": 50.0 + s}, step=s)
+    t.close()
+    _, got = scalars(tmp_path / "tensorboard")
+    assert got["train/loss"] == [(0, 50.0), (1, 51.0)]
