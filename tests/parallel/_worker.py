@@ -124,7 +124,39 @@ def scenario_resume(topo, work):
         os.remove(os.path.join(bad, "parallel_meta.json"))
     barrier()
     res["unfinished"] = expect_error(lambda: engine.load(bad))
+    # Same size but garbage bytes: caught from torch.load inside DeepSpeed.
+    corrupt = os.path.join(work, "corrupt")
+    if topo.rank == 0:
+        shutil.rmtree(corrupt, ignore_errors=True)
+        shutil.copytree(os.path.join(work, "z2"), corrupt)
+        with open(os.path.join(corrupt, "mp_rank_00_model_states.pt"), "r+b") as f:
+            f.write(b"\0" * 64)
+    barrier()
+    res["corrupt"] = expect_error(lambda: engine.load(corrupt))
     return res
+
+
+def scenario_single(topo, work):
+    """Plain `python _worker.py single DIR`: no launcher variables at all."""
+    res = {"topo": [topo.rank, topo.world_size]}
+    engine = make_engine(topo, zero=0, gas=2)
+    path = os.path.join(work, "single")
+    res["base"] = run(engine, topo, 2, 4, save_at=2, save_dir=path)
+    state = engine.consolidated_state_dict()
+    res["consolidated_equal"] = all(torch.equal(state[k], v.float()) for k, v in engine.module.state_dict().items())
+    engine = make_engine(topo, zero=0, gas=2, resume_from=path)
+    res["client"] = engine.load(path)
+    res["resumed"] = run(engine, topo, 2, 4)
+    res["offload"] = run(_offload_engine(topo), topo, 2, 4)
+    return res
+
+
+def _offload_engine(topo):
+    torch.manual_seed(SEED)
+    cfg = ParallelConfig(zero_stage=3, offload_optimizer=True, offload_params=True)
+    return build_engine(ToyBert(), toy_loss, cfg, PrecisionConfig(), OptimConfig(lr=3e-3, grad_clip=1.0),
+                        ScheduleConfig(name="linear", warmup_steps=2), total_steps=20,
+                        micro_batch_size=MICRO, grad_accum=2, topo=topo, seed=SEED)
 
 
 def scenario_universal(topo, work):
