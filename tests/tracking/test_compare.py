@@ -1,8 +1,6 @@
 """pretrain-compare: PNG + final-metrics table from runs written by the real tracker; 1-line errors."""
-import json
 
 import matplotlib.image as mpimg
-import pytest
 
 from launch.compare import main
 from pretrain.tracking import build_tracker
