@@ -111,7 +111,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         train_loader.load_state_dict(state.data_cursor)
     tracker = build_tracker(
         cfg.tracker, run_dir, cfg.run.name, OmegaConf.to_container(cfg, resolve=True),
-        resume_state=state.tracker or None, resume_step=state.step if client is not None else None,
+        resume_state={**state.tracker, "step": state.step} if client is not None else None,
         is_main=topo.rank == 0,
     )
     per_seq = {}

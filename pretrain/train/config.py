@@ -168,6 +168,10 @@ def _check_relations(cfg: DictConfig) -> None:
             f"config: parallel.pipeline_stages={cfg.parallel.pipeline_stages} needs parallel.zero_stage <= 1 "
             f"(got {cfg.parallel.zero_stage}); DeepSpeed cannot combine pipeline with ZeRO-2/3"
         )
+    try:
+        TrackerConfig.from_any(cfg.tracker)
+    except ValueError as e:
+        raise ConfigError(f"config key {e}") from None
     if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", cfg.run.name) or ".." in cfg.run.name:
         raise ConfigError(f"config key 'run.name' = {cfg.run.name!r}; use letters, digits and ._-=,+/ only")
 
