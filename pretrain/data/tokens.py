@@ -65,9 +65,10 @@ def token_table(manifest: Manifest, tokenizer=None) -> TokenTable:
     tokenizer = tokenizer if tokenizer is not None else check_tokenizer(manifest)
     vocab = tokenizer.get_vocab(with_added_tokens=True)
     size = max(manifest.vocab_size, max(vocab.values()) + 1)
+    prefix = getattr(tokenizer.model, "continuing_subword_prefix", None) or "##"
     is_cont = np.zeros(size, dtype=bool)
     for tok, idx in vocab.items():
-        if tok.startswith("##"):
+        if tok.startswith(prefix):
             is_cont[idx] = True
     special = manifest.special_tokens
     missing = [t for t in ("[PAD]", "[CLS]", "[SEP]", "[MASK]") if t not in special]
