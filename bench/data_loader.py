@@ -15,7 +15,7 @@ from pretrain.data import build_train_loader
 from pretrain.data.config import DataConfig, ObjectiveConfig
 
 
-def loader_throughput(prepared_dir: str, workers: int, batches: int = 150, max_seq_len: int = 128,
+def loader_throughput(prepared_dir: str, workers: int, batches: int = 300, max_seq_len: int = 128,
                       micro_batch_size: int = 32, masking: str = "token", sentence_task: str = "sop") -> float:
     """Real (non-pad) tokens per second yielded by one rank's training loader."""
     data = DataConfig(path=prepared_dir, max_seq_len=max_seq_len, micro_batch_size=micro_batch_size,

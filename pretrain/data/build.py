@@ -37,7 +37,7 @@ def _validate(data_cfg: DataConfig, obj: ObjectiveConfig) -> None:
         raise DataError("objective.span_geometric_p must be in (0, 1] and span_max_length >= 1")
 
 
-def _build(data_cfg, obj, rank, world_size, manifest_or_path, split, urls, epochs, batch_size, with_ids):
+def _build(data_cfg, obj, rank, world_size, manifest_or_path, split, urls, epochs, batch_size, with_ids, pin_memory):
     _validate(data_cfg, obj)
     manifest = _manifest(manifest_or_path, data_cfg)
     table = token_table(manifest, check_tokenizer(manifest))
@@ -52,23 +52,24 @@ def _build(data_cfg, obj, rank, world_size, manifest_or_path, split, urls, epoch
         epochs=epochs,
         with_ids=with_ids,
     )
-    return ResumableLoader(spec, rank, world_size, int(data_cfg.num_workers), int(data_cfg.prefetch_factor))
+    return ResumableLoader(spec, rank, world_size, int(data_cfg.num_workers), int(data_cfg.prefetch_factor),
+                           pin_memory)
 
 
 def build_train_loader(data_cfg: DataConfig, objective_cfg: ObjectiveConfig, rank: int, world_size: int,
                        manifest_or_path: Union[Manifest, str, None] = None, *, epochs: Optional[int] = None,
-                       with_ids: bool = False) -> ResumableLoader:
+                       with_ids: bool = False, pin_memory: bool = False) -> ResumableLoader:
     """Infinite (``epochs=None``) training batches of ``data.micro_batch_size`` for one rank."""
     return _build(data_cfg, objective_cfg, rank, world_size, manifest_or_path, data_cfg.train_split,
-                  data_cfg.train_urls, epochs, data_cfg.micro_batch_size, with_ids)
+                  data_cfg.train_urls, epochs, data_cfg.micro_batch_size, with_ids, pin_memory)
 
 
 def build_eval_loader(data_cfg: DataConfig, objective_cfg: ObjectiveConfig, rank: int, world_size: int,
                       manifest_or_path: Union[Manifest, str, None] = None, *, batch_size: Optional[int] = None,
-                      with_ids: bool = False) -> ResumableLoader:
+                      with_ids: bool = False, pin_memory: bool = False) -> ResumableLoader:
     """One pass over the validation split, sharded across ranks; partial last batches.
 
     Ranks (and streams) may yield different numbers of batches.
     """
     return _build(data_cfg, objective_cfg, rank, world_size, manifest_or_path, data_cfg.valid_split,
-                  data_cfg.valid_urls, 1, batch_size or data_cfg.micro_batch_size, with_ids)
+                  data_cfg.valid_urls, 1, batch_size or data_cfg.micro_batch_size, with_ids, pin_memory)

@@ -49,7 +49,8 @@ class ResumableLoader:
     batch. Finite (eval): every ``iter()`` is a fresh pass, unless a cursor was loaded since.
     """
 
-    def __init__(self, spec: StreamSpec, rank: int, world_size: int, num_workers: int, prefetch_factor: int = 2):
+    def __init__(self, spec: StreamSpec, rank: int, world_size: int, num_workers: int, prefetch_factor: int = 2,
+                 pin_memory: bool = False):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} outside world_size {world_size}")
         self.spec, self.rank, self.world_size = spec, rank, world_size
@@ -57,6 +58,7 @@ class ResumableLoader:
         self.n_local = max(1, num_workers)
         self.n_streams = world_size * self.n_local
         self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
         self._states = [fresh_state() for _ in range(self.n_local)]
         self._next = 0
         self._loaded = False
@@ -72,7 +74,8 @@ class ResumableLoader:
         kwargs = {}
         if self.num_workers > 0:
             kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
-        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, **kwargs)
+        loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                            **kwargs)
         for batch in loader:
             state = batch.pop("_state")
             local = state.pop("stream") - self.rank * self.n_local
