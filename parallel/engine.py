@@ -209,8 +209,9 @@ class Engine:
         meta = peek_checkpoint(ckpt_dir)
         ckpt.verify_files(ckpt_dir, meta)
         ckpt.check_compatible(ckpt_dir, meta, self.signature)
-        universal = ckpt.needs_universal(meta, self.topo.world_size, self.parallel_cfg.zero_stage,
-                                         self.precision_cfg.dtype, self.parallel_cfg.pipeline_stages)
+        universal = ckpt.resume_mode(ckpt_dir, meta, self.topo.world_size, self.parallel_cfg.zero_stage,
+                                     self.precision_cfg.dtype,
+                                     self.parallel_cfg.pipeline_stages) == "universal"
         if universal != self.load_universal:
             raise CheckpointError(
                 f"checkpoint {ckpt_dir}: saved with world size {meta['world_size']}, ZeRO stage "
@@ -292,8 +293,8 @@ def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig
         meta = peek_checkpoint(resume_from)
         ckpt.verify_files(resume_from, meta)
         ckpt.check_compatible(resume_from, meta, signature)
-        load_universal = ckpt.needs_universal(meta, topo.world_size, parallel_cfg.zero_stage,
-                                              precision_cfg.dtype, parallel_cfg.pipeline_stages)
+        load_universal = ckpt.resume_mode(resume_from, meta, topo.world_size, parallel_cfg.zero_stage,
+                                          precision_cfg.dtype, parallel_cfg.pipeline_stages) == "universal"
         if load_universal:
             prepare_universal(resume_from, topo)
     config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,

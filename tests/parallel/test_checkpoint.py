@@ -1,0 +1,72 @@
+"""Checkpoint meta, integrity checks and resume-mode rules (no processes, no DeepSpeed engine)."""
+import json
+import os
+
+import pytest
+import torch
+
+from parallel.checkpoint import (META_FILE, CheckpointError, model_signature, peek_checkpoint, resume_mode,
+                                 verify_files, write_meta)
+
+
+def meta(world=2, stage=2, dtype="fp32", pp=1):
+    return {"world_size": world, "zero_stage": stage, "dtype": dtype, "pipeline_stages": pp}
+
+
+@pytest.mark.parametrize("src,dst,mode", [
+    (meta(2, 2), (2, 2, "fp32"), "plain"),
+    (meta(2, 0), (1, 0, "fp32"), "plain"),
+    (meta(2, 0, "bf16"), (4, 0, "bf16"), "plain"),
+    (meta(2, 2), (1, 2, "fp32"), "universal"),
+    (meta(2, 2), (2, 1, "bf16"), "universal"),
+    (meta(2, 1, "bf16"), (4, 2, "fp32"), "universal"),
+    (meta(2, 3), (1, 3, "bf16"), "universal"),
+])
+def test_resume_mode_supported(src, dst, mode):
+    assert resume_mode("ck", src, *dst) == mode
+
+
+@pytest.mark.parametrize("src,dst", [
+    (meta(2, 0), (2, 0, "bf16")), (meta(2, 0), (2, 2, "fp32")), (meta(2, 2), (2, 0, "fp32")),
+    (meta(2, 2), (2, 3, "fp32")), (meta(2, 3), (2, 1, "fp32")), (meta(2, 1, pp=2), (2, 1, "fp32")),
+])
+def test_resume_mode_unsupported_is_one_line(src, dst):
+    with pytest.raises(CheckpointError, match="ck: cannot resume") as e:
+        resume_mode("ck", src, *dst)
+    assert "\n" not in str(e.value)
+
+
+def test_meta_roundtrip_and_integrity(tmp_path):
+    d = tmp_path / "step_000010"
+    d.mkdir()
+    (d / "a.pt").write_bytes(b"x" * 100)
+    (d / "sub").mkdir()
+    (d / "sub" / "b.pt").write_bytes(b"y" * 10)
+    with pytest.raises(CheckpointError, match="incomplete"):
+        peek_checkpoint(str(d))
+    write_meta(str(d), meta() | {"model_signature": "abc"})
+    m = peek_checkpoint(str(d))
+    assert m["world_size"] == 2 and m["files"] == {"a.pt": 100, os.path.join("sub", "b.pt"): 10}
+    verify_files(str(d), m)
+    (d / "a.pt").write_bytes(b"x" * 50)
+    with pytest.raises(CheckpointError, match=r"a.pt is truncated \(50 of 100 bytes\)"):
+        verify_files(str(d), m)
+    (d / "a.pt").write_bytes(b"x" * 100)
+    os.remove(d / "sub" / "b.pt")
+    with pytest.raises(CheckpointError, match="is missing"):
+        verify_files(str(d), m)
+    (d / META_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable"):
+        peek_checkpoint(str(d))
+    (d / META_FILE).write_text(json.dumps({"format": "other"}))
+    with pytest.raises(CheckpointError, match="unknown format"):
+        peek_checkpoint(str(d))
+    with pytest.raises(CheckpointError, match="no such directory"):
+        peek_checkpoint(str(tmp_path / "nope"))
+
+
+def test_model_signature_sees_names_and_shapes():
+    a = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    b = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    c = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
+    assert model_signature(a) == model_signature(b) != model_signature(c)
