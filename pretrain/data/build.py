@@ -1,6 +1,7 @@
 """Config -> loaders: the two entry points the trainer uses."""
 from __future__ import annotations
 
+from dataclasses import fields
 from typing import Optional, Union
 
 from pretrain.data.config import DataConfig, ObjectiveConfig
@@ -37,7 +38,13 @@ def _validate(data_cfg: DataConfig, obj: ObjectiveConfig) -> None:
         raise DataError("objective.span_geometric_p must be in (0, 1] and span_max_length >= 1")
 
 
+def _plain(obj) -> ObjectiveConfig:
+    """A plain dataclass copy (the config may be an OmegaConf DictConfig); it travels to workers."""
+    return ObjectiveConfig(**{f.name: getattr(obj, f.name) for f in fields(ObjectiveConfig) if hasattr(obj, f.name)})
+
+
 def _build(data_cfg, obj, rank, world_size, manifest_or_path, split, urls, epochs, batch_size, with_ids, pin_memory):
+    obj = _plain(obj)
     _validate(data_cfg, obj)
     manifest = _manifest(manifest_or_path, data_cfg)
     table = token_table(manifest, check_tokenizer(manifest))

@@ -58,3 +58,15 @@ def test_resplit_loses_and_repeats_nothing(n_old, n_new):
     for epoch in (0, 1):
         got = collections.Counter(d for d in before + consumed + after if d[2] == epoch)
         assert set(got.values()) == {1} and len(got) == 50, epoch
+
+
+def test_resplit_twice_still_exactly_once():
+    sl, counts = shards(4)
+    rng = np.random.default_rng(1)
+    states = [{"items": [i.to_json() for i in items], "next_epoch": 1} for items in epoch_plan(sl, 3, 0, 3)]
+    states, consumed1 = simulate(states, counts, rng)
+    states, consumed2 = simulate(resplit(states, sl, 3, 5), counts, rng)
+    final = resplit(states, sl, 3, 2)
+    after = [d + (it.epoch,) for s in final for it in map(WorkItem.from_json, s["items"]) for d in docs_of(it, counts)]
+    got = collections.Counter(consumed1 + consumed2 + after)
+    assert set(got.values()) == {1} and len(got) == 40

@@ -48,3 +48,13 @@ def test_tokenizer_mismatch_and_vocab_errors(make_cfg, data_dir, tmp_path):
     data, obj = make_cfg(train_urls=os.path.join(data_dir, "nope-*.tar"))
     with pytest.raises(DataError, match="matches no files"):
         build_train_loader(data, obj, 0, 1)
+
+
+def test_cursor_for_other_shards_is_refused(make_cfg, data_dir):
+    from pretrain.data import merge_cursors
+
+    data, obj = make_cfg()
+    cursor = merge_cursors([build_train_loader(data, obj, 0, 1).state_dict()])
+    data, obj = make_cfg(train_urls=f"{data_dir}/train/shard-00000[0-2].tar")
+    with pytest.raises(DataError, match="different shard list"):
+        build_train_loader(data, obj, 0, 1).load_state_dict(cursor)
