@@ -76,7 +76,7 @@ class ResumableLoader:
             kwargs = {"prefetch_factor": self.prefetch_factor, "persistent_workers": False}
         loader = DataLoader(dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                             **kwargs)
-        for batch in loader:
+        for batch in _one_line_errors(loader):
             state = batch.pop("_state")
             local = state.pop("stream") - self.rank * self.n_local
             self._states[local] = state
@@ -120,6 +120,18 @@ class ResumableLoader:
             self._states = new[lo:lo + self.n_local]
             self._next = 0
         self._loaded = True
+
+
+def _one_line_errors(loader) -> Iterator[dict]:
+    """torch re-raises a worker's exception with the worker traceback in its message; keep the
+    user-facing DataError one line (the original message is the traceback's last line)."""
+    try:
+        yield from loader
+    except DataError as e:
+        lines = str(e).strip().splitlines()
+        if len(lines) <= 1:
+            raise
+        raise DataError(lines[-1].split("DataError: ", 1)[-1]) from None
 
 
 def merge_cursors(rank_states: Sequence[dict]) -> dict:

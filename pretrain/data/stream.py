@@ -11,6 +11,8 @@ batch, so only consumed batches are counted by the loader.
 """
 from __future__ import annotations
 
+import re
+import tarfile
 from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Optional
@@ -74,12 +76,20 @@ def read_item(item: WorkItem) -> Iterator[tuple[int, object, object]]:
                 prev_doc, pending = pending, None
             yield pos, doc, prev_doc
             prev_doc = doc
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, tarfile.TarError) as e:
         if isinstance(e, DataError):
             raise
-        raise DataError(f"cannot read shard {item.url}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise DataError(f"cannot read shard {item.url}: {_reason(e)}") from None
     if pending is not None:
         yield pending_pos, pending, None
+
+
+def _reason(e: BaseException) -> str:
+    detail = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+    status = re.search(r"\): exit (-?\d+)", detail)
+    if status:  # webdataset's pipe: error carries the command's exit status
+        return f"command exited with status {status.group(1)}"
+    return (detail.splitlines() or [type(e).__name__])[0]
 
 
 class Stream:
