@@ -133,8 +133,7 @@ class Stream:
         spec, obj = self.spec, self.spec.objective
         buf: list = []
         stats = ExampleStats()
-        idle_epochs = 0
-        state = None
+        idle_items = 0   # consecutive work items without a single example (guards an endless loop)
         while True:
             if not self.items:
                 if not self._plan_next_epoch():
@@ -151,12 +150,11 @@ class Stream:
                     buf.append(ex)
                     produced += 1
                     if len(buf) == spec.batch_size:
-                        state = self._state(item, pos, ex.index + 1)
-                        yield self._batch(buf, state, stats)
+                        yield self._batch(buf, self._state(item, pos, ex.index + 1), stats)
                         buf, stats = [], ExampleStats()
             self.items.popleft()
-            idle_epochs = 0 if produced else idle_epochs + 1
-            if idle_epochs > 2 * self.n_streams + len(spec.shards.urls) and spec.epochs is None:
+            idle_items = 0 if produced else idle_items + 1
+            if idle_items > 2 * self.n_streams + len(spec.shards.urls) and spec.epochs is None:
                 raise DataError(f"stream {self.index} of {self.n_streams} read many work items without "
                                 f"a single example; are the shards {spec.shards.urls[0]}... empty?")
         if buf:
