@@ -222,6 +222,7 @@ class Engine:
             load_dir, tag = os.path.abspath(ckpt_dir), ckpt.UNIVERSAL_DIR
         else:
             load_dir, tag = os.path.split(os.path.abspath(ckpt_dir))
+        hparams = self._group_hparams()
         try:
             path, state = self.ds.load_checkpoint(load_dir, tag=tag, load_module_strict=True,
                                                   load_optimizer_states=True,
@@ -232,7 +233,37 @@ class Engine:
             raise ckpt.load_error(ckpt_dir, e) from e
         if path is None or state is None or "client_state" not in state:
             raise CheckpointError(f"checkpoint {ckpt_dir}: DeepSpeed found nothing to load")
+        if universal:
+            self._restore_group_hparams(hparams)
         return state["client_state"]
+
+    def _inner_groups(self) -> list[dict]:
+        opt = self.ds.optimizer
+        return getattr(opt, "optimizer", opt).param_groups
+
+    def _group_hparams(self) -> list[dict]:
+        return [{k: v for k, v in g.items() if k not in ("params", "lr", "initial_lr")}
+                for g in self._inner_groups()]
+
+    def _restore_group_hparams(self, hparams: list[dict]) -> None:
+        """Undo two side effects of DeepSpeed's ZeRO-3 universal load (0.19.8).
+
+        It copies group 0's hyperparameters onto every group, which would put weight decay on
+        biases/LayerNorm: put the configured values back."""
+        groups = self._inner_groups()
+        if len(groups) == len(hparams):
+            for group, saved in zip(groups, hparams):
+                group.update(saved)
+        # It also hands one shared `step` tensor to every group's state; torch's Adam increments
+        # it in place per group, so with two groups the bias correction would run twice as fast.
+        opt = self.ds.optimizer
+        seen: set[int] = set()
+        for state in getattr(opt, "optimizer", opt).state.values():
+            step = state.get("step") if isinstance(state, dict) else None
+            if isinstance(step, torch.Tensor):
+                if id(step) in seen:
+                    state["step"] = step.clone()
+                seen.add(id(state["step"]))
 
     # ---------------------------------------------------------------- export
     def consolidated_state_dict(self) -> dict:

@@ -90,7 +90,7 @@ def scenario_stages(topo, work):
 def scenario_save(topo, work):
     res = {}
     for name, zero, dtype, gas, dropout in (("z2", 2, "fp32", 2, 0.1), ("z3bf16", 3, "bf16", 2, 0.1),
-                                            ("z2src", 2, "fp32", 1, 0.0)):
+                                            ("z2src", 2, "fp32", 1, 0.0), ("z3src", 3, "fp32", 1, 0.0)):
         engine = make_engine(topo, zero=zero, dtype=dtype, gas=gas, dropout=dropout)
         res[name] = run(engine, topo, gas, STEPS, save_at=3, save_dir=os.path.join(work, name))
         if name == "z3bf16":
@@ -164,8 +164,18 @@ def scenario_universal(topo, work):
     path = os.path.join(work, "z2src")
     engine = make_engine(topo, zero=2, gas=2, dropout=0.0, resume_from=path)
     client = engine.load(path)
-    return {"client": client, "step": engine.global_step, "metrics": run(engine, topo, 2, STEPS),
-            "universal_exists": os.path.isdir(os.path.join(path, "universal"))}
+    res = {"client": client, "step": engine.global_step, "metrics": run(engine, topo, 2, STEPS),
+           "universal_exists": os.path.isdir(os.path.join(path, "universal"))}
+    # Another ZeRO stage and dtype (2 -> 1, fp32 -> bf16), and ZeRO-3 -> ZeRO-3 on fewer ranks.
+    engine = make_engine(topo, zero=1, dtype="bf16", gas=2, dropout=0.0, resume_from=path)
+    engine.load(path)
+    res["zero1_bf16"] = run(engine, topo, 2, STEPS)
+    path = os.path.join(work, "z3src")
+    engine = make_engine(topo, zero=3, gas=2, dropout=0.0, resume_from=path)
+    engine.load(path)
+    res["zero3"] = run(engine, topo, 2, STEPS)
+    res["refused"] = expect_error(lambda: make_engine(topo, zero=0, resume_from=path))
+    return res
 
 
 def main():

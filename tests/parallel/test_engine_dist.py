@@ -94,6 +94,9 @@ def test_one_rank_resumes_a_two_rank_checkpoint_via_universal(saved):
     r = launch("universal", work, nproc=1)
     assert r["universal_exists"] and r["client"]["step"] == 3 and r["step"] == 3
     assert losses(r["metrics"]) == pytest.approx(losses(before["z2src"][3:]), rel=1e-5)
+    assert losses(r["zero1_bf16"]) == pytest.approx(losses(before["z2src"][3:]), rel=1e-2)
+    assert losses(r["zero3"]) == pytest.approx(losses(before["z3src"][3:]), rel=1e-5)
+    assert "cannot resume a ZeRO-3 fp32 checkpoint of 2 processes" in r["refused"]
 
 
 def test_consolidate_fp32_offline(saved):
