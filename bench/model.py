@@ -71,20 +71,38 @@ def hf_step_fn(model, batch):
     return loss
 
 
-def time_steps(model, loss_fn, dtype, warmup: int, steps: int) -> float:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == torch.bfloat16 else contextlib.nullcontext()
-    times = []
-    for i in range(warmup + steps):
+class Runner:
+    """One model + AdamW + loss closure; `step()` times one training step."""
+
+    def __init__(self, model, loss_fn, dtype):
+        self.model, self.loss_fn = model, loss_fn
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        self.dtype = dtype
+        self.times: list[float] = []
+
+    def step(self) -> float:
+        amp = (torch.autocast("cpu", dtype=torch.bfloat16) if self.dtype == torch.bfloat16
+               else contextlib.nullcontext())
         t = time.perf_counter()
         with amp:
-            loss = loss_fn()
+            loss = self.loss_fn()
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t
+
+
+def time_interleaved(runners: dict, warmup: int, steps: int) -> dict:
+    """Median step time per runner. Steps alternate between runners (ABAB...) so load from other
+    processes on a shared machine hits every implementation alike."""
+    for runner in runners.values():
+        for _ in range(warmup):
+            runner.step()
+    times = {name: [] for name in runners}
+    for _ in range(steps):
+        for name, runner in runners.items():
+            times[name].append(runner.step())
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -122,23 +140,22 @@ def main() -> None:
             dtype = dtypes[prec]
             ours = build_model(cfg).train()
             hf = BertForPreTraining(to_hf_config(cfg)).train()
-            runs = [("transformers", hf, hf_step_fn(hf, batch)), ("ours", ours, ours_step_fn(ours, batch, obj_cfg))]
+            runners = {"transformers": Runner(hf, hf_step_fn(hf, batch), dtype),
+                       "ours": Runner(ours, ours_step_fn(ours, batch, obj_cfg), dtype)}
             if not args.no_compile:
                 compiled = torch.compile(build_model(cfg).train())
-                runs.append(("ours+compile", compiled, ours_step_fn(compiled, batch, obj_cfg)))
-            base = None
-            for impl, model, fn in runs:
+                runners["ours+compile"] = Runner(compiled, ours_step_fn(compiled, batch, obj_cfg), dtype)
                 try:
-                    warm = args.warmup + (2 if impl.endswith("compile") else 0)
-                    t = time_steps(model, fn, dtype, warm, args.steps)
-                except Exception as e:  # report and continue: a missing compiler must not hide the rest
-                    print(f"| {name} | {prec} | {impl} | failed: {type(e).__name__}: {str(e)[:80]} |||||", flush=True)
-                    continue
-                base = base or t
-                mfu = flops / t / peaks[prec]
+                    runners["ours+compile"].step()  # compile outside the timed rounds
+                except Exception as e:  # a missing compiler must not hide the other results
+                    print(f"| {name} | {prec} | ours+compile | failed: {type(e).__name__}: {str(e)[:80]} |||||")
+                    del runners["ours+compile"]
+            times = time_interleaved(runners, args.warmup, args.steps)
+            peak = max(peaks[prec], matmul_peak(dtype))  # re-measured: the machine may be shared
+            for impl, t in times.items():
                 print(f"| {name} | {prec} | {impl} | {bsz}x{args.seq} | {t:.3f} | {bsz * args.seq / t:,.0f} "
-                      f"| {base / t:.2f}x | {100 * mfu:.1f}% |", flush=True)
-
+                      f"| {times['transformers'] / t:.2f}x | {100 * flops / t / peak:.1f}% |", flush=True)
+            print(f"<!-- {name} {prec}: matmul peak used for MFU {peak / 1e9:.1f} GFLOP/s -->", flush=True)
 
 if __name__ == "__main__":
     main()
