@@ -30,6 +30,11 @@ def validate(parallel: ParallelConfig, precision: PrecisionConfig, optim: OptimC
     if parallel.pipeline_stages > 1 and parallel.zero_stage >= 2:
         raise ValueError(f"parallel.pipeline_stages={parallel.pipeline_stages} with "
                          f"zero_stage={parallel.zero_stage}: pipeline parallelism supports ZeRO 0-1 only")
+    if precision.dtype == "fp16" and parallel.zero_stage == 0:
+        # Measured: DeepSpeed's ZeRO-0 fp16 path (FP16_UnfusedOptimizer) with our optimizers
+        # diverges from fp32 after one step, while ZeRO-1/2 fp16 match fp32.
+        raise ValueError("precision.dtype=fp16 needs parallel.zero_stage >= 1 "
+                         "(ZeRO-0 fp16 is not supported); use parallel=zero1 or precision=bf16")
     uses_client_optimizer(optim)  # validates optim.impl
     if optim.grad_clip < 0:
         raise ValueError(f"optim.grad_clip={optim.grad_clip}: must be >= 0 (0 = off)")

@@ -68,7 +68,7 @@ def test_offload_preset_and_client_optimizer_flag():
 
 def test_precision_keys():
     assert build(precision=preset("precision", "bf16"))["bf16"] == {"enabled": True}
-    c = build(precision=preset("precision", "fp16"))
+    c = build(preset("parallel", "zero2"), precision=preset("precision", "fp16"))
     assert c["fp16"] == {"enabled": True, "loss_scale": 0.0, "initial_scale_power": 16,
                          "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1.0}
     assert c["bf16"] == {"enabled": False}
@@ -84,6 +84,7 @@ def test_precision_keys():
     (dict(precision=PrecisionConfig(dtype="fp8")), "precision.dtype"),
     (dict(optim=OptimConfig(impl="apex")), "optim.impl"),
     (dict(mbs=0), "micro_batch_size"),
+    (dict(precision=PrecisionConfig(dtype="fp16")), "fp16 needs parallel.zero_stage >= 1"),
 ])
 def test_user_errors_are_one_line(kwargs, match):
     with pytest.raises(ValueError, match=match) as e:
