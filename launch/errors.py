@@ -12,8 +12,8 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ("pretrain.train.config", "ConfigError"),
         ("pretrain.shardformat", "ShardFormatError"),
         ("pretrain.data.errors", "DataError"),
-        ("parallel.errors", "CheckpointError"),
-        ("parallel.errors", "EngineConfigError"),
+        ("parallel.checkpoint", "CheckpointError"),
+        ("pretrain.prepare.config", "PrepareError"),
         ("pretrain.train.checkpoints", "ResumeError"),
         ("pretrain.hf.export", "ExportError"),
     ):

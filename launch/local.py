@@ -25,6 +25,9 @@ def torchrun_command(cfg: DictConfig, run_dir: str, port: int | None = None) -> 
         f"--nproc-per-node={cfg.cluster.nproc}",
         f"--master-addr={cfg.cluster.master_addr}",
         f"--master-port={port}",
+        # Rank stdout (progress, logs) is shown and kept; rank stderr (tracebacks, library
+        # noise) is kept in files only: the launcher prints the one line that matters.
+        f"--log-dir={os.path.join(run_dir, 'logs', 'ranks')}", "--redirects=2", "--tee=1",
         "--module", "launch.worker", run_dir,
     ]
 
@@ -48,7 +51,8 @@ def rank_environment() -> dict[str, str]:
 def run_local(cfg: DictConfig, run_dir: str) -> int:
     cmd = torchrun_command(cfg, run_dir)
     print("+ " + shlex.join(cmd), flush=True)
-    proc = subprocess.Popen(cmd, env=rank_environment(), start_new_session=True)
+    agent_log = open(os.path.join(run_dir, "logs", "torchrun.log"), "ab")
+    proc = subprocess.Popen(cmd, env=rank_environment(), start_new_session=True, stderr=agent_log)
 
     def forward(signum, _frame):
         # Tell the ranks directly (SIGUSR1 = checkpoint and exit): signalling torchrun would make
@@ -61,11 +65,14 @@ def run_local(cfg: DictConfig, run_dir: str) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
         signal.signal(sig, forward)
-    while True:
-        try:
-            return proc.wait()
-        except KeyboardInterrupt:
-            continue
+    try:
+        while True:
+            try:
+                return proc.wait()
+            except KeyboardInterrupt:
+                continue
+    finally:
+        agent_log.close()
 
 
 def _rank_processes(torchrun_pid: int):

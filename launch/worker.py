@@ -13,11 +13,17 @@ from launch.errors import user_error_types
 
 
 def first_rank_error(run_dir: str) -> str | None:
+    """The first user error any rank reported, else the tail of the first rank traceback found."""
     for path in sorted(glob.glob(os.path.join(run_dir, "logs", "error-rank*.txt"))):
         with open(path) as f:
             line = f.readline().strip()
         if line:
             return line
+    for path in sorted(glob.glob(os.path.join(run_dir, "logs", "ranks", "**", "stderr.log"), recursive=True)):
+        with open(path, errors="replace") as f:
+            lines = [line.rstrip() for line in f if line.strip()]
+        if any("Traceback" in line for line in lines):
+            return f"a rank crashed: {lines[-1]} (full traceback: {path})"
     return None
 
 

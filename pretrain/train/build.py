@@ -9,11 +9,11 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from parallel import collectives
+from parallel.topology import all_gather_object, all_reduce_sum, barrier, is_main
 from parallel.engine import build_engine, peek_checkpoint
-from parallel.errors import CheckpointError
+from parallel.checkpoint import CheckpointError
 from parallel.topology import detect, init_distributed
-from pretrain.data import build_eval_loader, build_train_loader
+from pretrain.data import build_eval_loader, build_train_loader, check_vocab_size
 from pretrain.model import build_model
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import flops_per_sequence
@@ -83,7 +83,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     engine = build_engine(
         model,
         partial(_loss, objective=cfg.objective),
-        cfg.parallel, cfg.precision, cfg.optim, cfg.schedule,
+        *(OmegaConf.to_object(cfg[group]) for group in ("parallel", "precision", "optim", "schedule")),
         total_steps=cfg.schedule.total_steps or cfg.trainer.max_steps,
         micro_batch_size=cfg.data.micro_batch_size,
         grad_accum=cfg.trainer.grad_accum,
@@ -106,6 +106,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
             f"{run_dir}/checkpoints has step directories but none is usable; refusing to start over silently "
             f"(relaunch with run.fresh=true to start a new run)"
         )
+    check_vocab_size(manifest, mcfg.vocab_size)
     train_loader = build_train_loader(cfg.data, cfg.objective, topo.rank, topo.world_size, manifest)
     if state.data_cursor:
         train_loader.load_state_dict(state.data_cursor)
@@ -122,7 +123,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         if key not in per_seq:
             per_seq[key] = flops_per_sequence(mcfg, seq_len, 0)
         masked = metrics.get("mlm_count", 0)
-        sequences = collectives.world_size() * sum(len(b["input_ids"]) for b in micro)
+        sequences = topo.world_size * sum(len(b["input_ids"]) for b in micro)
         head = flops_per_sequence(mcfg, seq_len, 1) - per_seq[key]
         return sequences * per_seq[key] + masked * head
 

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import os
 import time
+
+import torch
 from dataclasses import asdict, dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
-from parallel import collectives
+from parallel.topology import all_gather_object, all_reduce_sum, barrier, is_main
+from pretrain.data import merge_cursors
 from pretrain.train import checkpoints
 from pretrain.train.budget import Budget
 from pretrain.train.build import build_everything
@@ -51,10 +54,11 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         micro = [next(batches) for _ in range(ga)]
         data_seconds = time.perf_counter() - t0
         metrics = engine.train_step(micro)
-        local = collectives.all_reduce_sum(
-            [sum(int(b["attention_mask"].sum()) for b in micro), sum(len(b["input_ids"]) for b in micro)]
+        counts = torch.tensor(
+            [sum(int(b["attention_mask"].sum()) for b in micro), sum(len(b["input_ids"]) for b in micro),
+             float(preempt.local)], dtype=torch.float64,
         )
-        tokens, samples = int(local[0]), int(local[1])
+        tokens, samples, preempted = (int(v) for v in all_reduce_sum(counts).tolist())
         state.step += 1
         state.consumed_tokens += tokens
         state.consumed_samples += samples
@@ -66,13 +70,13 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
             tracker.log(evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches), state.step)
         stop_reason = budget.exhausted(state.step, state.consumed_tokens)
-        if collectives.any_rank(preempt.local):
+        if preempted:
             stop_reason = "preempted by a signal"
         if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:
             save_checkpoint(cfg, run_dir, engine, loader, tracker, state, log)
     progress.close()
     log(f"stopped at step {state.step}: {stop_reason}")
-    if preempt.local:
+    if stop_reason.startswith("preempted"):
         tracker.close()
         return
     if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every != 0:
@@ -82,7 +86,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         from pretrain.train.export import export_run
 
         export_run(run_dir, os.path.join(run_dir, "export"), log=log)
-    collectives.barrier()
+    barrier()
 
 
 def _train_metrics(metrics: dict, speed: dict, state: TrainState) -> dict:
@@ -107,13 +111,13 @@ def _train_metrics(metrics: dict, speed: dict, state: TrainState) -> dict:
 def save_checkpoint(cfg, run_dir, engine, loader, tracker, state: TrainState, log) -> None:
     root = os.path.join(run_dir, "checkpoints")
     step_dir = os.path.join(root, checkpoints.step_dir_name(state.step))
-    state.data_cursor = loader.merged_state(collectives.all_gather_object(loader.state_dict()))
+    state.data_cursor = merge_cursors(all_gather_object(loader.state_dict()))
     state.tracker = tracker.state()
     t0 = time.perf_counter()
     engine.save(step_dir, {"train_state": asdict(state), "config": OmegaConf.to_container(cfg, resolve=True)})
-    collectives.barrier()
-    if collectives.is_main():
+    barrier()
+    if is_main():
         checkpoints.mark_complete(step_dir, state.step)
         checkpoints.prune(root, cfg.trainer.keep_checkpoints)
-    collectives.barrier()
+    barrier()
     log(f"saved checkpoint {step_dir} in {time.perf_counter() - t0:.1f}s")

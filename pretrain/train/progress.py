@@ -8,9 +8,12 @@ class Progress:
     def __init__(self, total: Optional[int], initial: int, enabled: bool):
         self._bar = None
         if enabled:
+            import sys
+
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+            # stdout: the launcher keeps rank stderr in log files only.
+            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stdout)
 
     def update(self, step: int, loss: Optional[float]) -> None:
         if self._bar is None:
