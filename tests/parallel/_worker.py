@@ -82,6 +82,9 @@ def scenario_stages(topo, work):
         res[f"eval{zero}"] = [all_reduce_sum(torch.tensor([e["mlm_loss_sum"], e["mlm_count"]])).tolist()
                               for e in (before, after)]
     res["reference"] = reference(0, 2, topo.world_size)
+    from deepspeed.accelerator import get_accelerator
+    if get_accelerator().is_fp16_supported():  # some CPUs (mkldnn fp16) run DeepSpeed fp16
+        res["fp16"] = run(make_engine(topo, zero=2, dtype="fp16", dropout=0.0, lr=1e-2), topo, 2, STEPS)
     # LAMB under ZeRO-2 trains too (client torch optimizer inside ZeRO).
     res["lamb"] = run(make_engine(topo, zero=2, optim="lamb", lr=1e-2), topo, 2, STEPS)
     return res

@@ -64,6 +64,9 @@ def test_zero_stages_train_identically_and_match_the_global_batch_reference(tmp_
             ms[0]["loss"], rel=1e-5)
     assert [m["lr"] for m in r["zero0"]][:3] == pytest.approx([0.005, 0.01, 0.01])
     assert r["lamb"][-1]["loss"] < r["lamb"][0]["loss"]
+    if "fp16" in r:  # only where the accelerator reports fp16 support
+        assert losses(r["fp16"]) == pytest.approx(base, rel=1e-2)
+        assert all(m["loss_scale"] > 1 and m["skipped"] == 0 for m in r["fp16"])
 
 
 @pytest.fixture(scope="module")
