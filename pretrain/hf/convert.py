@@ -15,6 +15,10 @@ from pretrain.model.config import ModelConfig
 QKV = ("query", "key", "value")
 
 
+class ExportError(ValueError):
+    """A user-caused problem with an HF directory or tokenizer (reported in one line by launch)."""
+
+
 def to_hf_config(cfg: ModelConfig):
     """ModelConfig -> transformers BertConfig / AlbertConfig with the same shapes and numerics."""
     from transformers import AlbertConfig, BertConfig
@@ -39,7 +43,7 @@ def from_hf_config(hf_config) -> ModelConfig:
     """transformers BertConfig / AlbertConfig -> ModelConfig (arch from model_type)."""
     arch = hf_config.model_type
     if arch not in ("bert", "albert"):
-        raise ValueError(f"model_type={arch!r}: only 'bert' and 'albert' checkpoints can be imported")
+        raise ExportError(f"config.json model_type={arch!r}: only 'bert' and 'albert' checkpoints can be imported")
     cfg = ModelConfig(
         arch=arch, vocab_size=hf_config.vocab_size, hidden_size=hf_config.hidden_size,
         num_layers=hf_config.num_hidden_layers, num_heads=hf_config.num_attention_heads,

@@ -17,7 +17,9 @@ from torch import nn
 from pretrain.model.config import ModelConfig
 from pretrain.model.pretraining import PretrainingModel, build_model
 
-from .convert import from_hf_config, load_hf_state_dict, to_hf_config, to_hf_state_dict
+from .convert import ExportError, from_hf_config, load_hf_state_dict, to_hf_config, to_hf_state_dict
+
+__all__ = ["ExportError", "export_hf", "load_hf_pretrained", "save_tokenizer", "to_hf_model"]
 
 SPECIAL_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
 
@@ -50,7 +52,12 @@ def save_tokenizer(tokenizer_file: str | Path, out_dir: str | Path):
     from tokenizers import Tokenizer
     from transformers import BertTokenizerFast
 
+    if not Path(tokenizer_file).is_file():
+        raise ExportError(f"tokenizer file {str(tokenizer_file)!r} does not exist")
     raw = Tokenizer.from_file(str(tokenizer_file))
+    missing = [t for t in SPECIAL_TOKENS.values() if raw.token_to_id(t) is None]
+    if missing:
+        raise ExportError(f"tokenizer {str(tokenizer_file)!r} lacks special tokens {missing}")
     tok = BertTokenizerFast(tokenizer_object=raw, do_lower_case=_lowercases(raw), **SPECIAL_TOKENS)
     tok.save_pretrained(str(out_dir))
     config_path = Path(out_dir) / "tokenizer_config.json"
@@ -63,6 +70,10 @@ def save_tokenizer(tokenizer_file: str | Path, out_dir: str | Path):
 def export_hf(model: nn.Module, cfg: ModelConfig, tokenizer_file: str | Path, out_dir: str | Path) -> Path:
     """Write `out_dir` with model.safetensors (ties handled by save_pretrained), config.json
     (architectures Bert/AlbertForPreTraining) and tokenizer files. Returns out_dir."""
+    from tokenizers import Tokenizer
+
+    if Path(tokenizer_file).is_file() and Tokenizer.from_file(str(tokenizer_file)).get_vocab_size() > cfg.vocab_size:
+        raise ExportError(f"tokenizer {str(tokenizer_file)!r} has more tokens than model.vocab_size={cfg.vocab_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     hf = to_hf_model(model, cfg)
@@ -80,7 +91,7 @@ def load_hf_pretrained(path: str | Path) -> tuple[PretrainingModel, ModelConfig]
 
     path = Path(path)
     if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"model.init_from={str(path)!r}: no config.json there (expected an HF model directory)")
+        raise ExportError(f"model.init_from={str(path)!r}: no config.json there (expected an HF model directory)")
     hf_config = AutoConfig.from_pretrained(str(path))
     cfg = from_hf_config(hf_config)
     cls = BertForPreTraining if cfg.arch == "bert" else AlbertForPreTraining

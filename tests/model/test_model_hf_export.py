@@ -7,7 +7,7 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers,
 from transformers import AutoModelForMaskedLM, AutoTokenizer, pipeline
 
 from helpers_model import tiny_cfg
-from pretrain.hf.export import export_hf, load_hf_pretrained
+from pretrain.hf.export import ExportError, export_hf, load_hf_pretrained
 from pretrain.model import build_model
 
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0..4, as pretrain.prepare writes them
@@ -57,6 +57,9 @@ def test_export_loads_with_auto_classes_and_round_trips(arch, tokenizer_file, tm
         assert torch.equal(p, q), name
 
 
-def test_import_of_missing_directory_is_one_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="init_from"):
+def test_user_errors_are_one_line_export_errors(tokenizer_file, tmp_path):
+    with pytest.raises(ExportError, match="init_from"):
         load_hf_pretrained(tmp_path / "nope")
+    cfg = tiny_cfg(vocab_size=100)  # smaller than the 400-token tokenizer
+    with pytest.raises(ExportError, match="vocab_size"):
+        export_hf(build_model(cfg), cfg, tokenizer_file, tmp_path / "out")
