@@ -135,8 +135,20 @@ class _Pool:
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
             self.pool = None
         else:
-            ctx = mp.get_context("spawn")  # fork after tokenizers used threads can deadlock
-            self.pool = ctx.Pool(n_workers, initializer=encode.init_worker, initargs=(tokenizer_json, vocab_size))
+            # fork where available: no re-import per worker, and no `if __name__ == "__main__"` trap
+            # for callers of run(). tokenizers disables its own thread pool in forked children; the
+            # variable below (set only around the fork) keeps it from warning about that.
+            method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+            previous = os.environ.get("TOKENIZERS_PARALLELISM")
+            os.environ["TOKENIZERS_PARALLELISM"] = "false"
+            try:
+                self.pool = mp.get_context(method).Pool(
+                    n_workers, initializer=encode.init_worker, initargs=(tokenizer_json, vocab_size))
+            finally:
+                if previous is None:
+                    os.environ.pop("TOKENIZERS_PARALLELISM", None)
+                else:
+                    os.environ["TOKENIZERS_PARALLELISM"] = previous
 
     def submit(self, meta, docs) -> Iterator:
         """Queue one task; yields finished (meta, result) pairs in submission order when the queue is full."""
@@ -215,9 +227,11 @@ def _tokenize_and_shard(cfg: PrepareConfig, files: list[InputFile], tok: Tokeniz
     vf = cfg.validation_fraction
     spills = {
         "train": BucketSpill(os.path.join(tmp, "buckets", "train"),
-                             _estimate_buckets(cfg, files, 1.0 - vf, cfg.min_train_shards), cfg.spill_buffer_bytes),
+                             _estimate_buckets(cfg, files, 1.0 - vf, cfg.min_train_shards), cfg.spill_buffer_bytes,
+                             seed_for_split=cfg.seed * 2),
         "valid": BucketSpill(os.path.join(tmp, "buckets", "valid"),
-                             _estimate_buckets(cfg, files, vf, max(1, cfg.min_valid_shards)), cfg.spill_buffer_bytes),
+                             _estimate_buckets(cfg, files, vf, max(1, cfg.min_valid_shards)), cfg.spill_buffer_bytes,
+                             seed_for_split=cfg.seed * 2 + 1),
     }
     split_stats = {s: SplitStats() for s in SPLITS}
     file_stats = [FileStats() for _ in files]

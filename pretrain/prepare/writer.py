@@ -2,7 +2,8 @@
 
 Pass 1 appends each encoded document to one of B bucket files chosen by a seeded hash of its doc id
 (buffered in memory up to `spill_buffer_bytes` in total, then appended to disk). B is chosen so a
-bucket is about half a shard (estimated from input size). Pass 2 reads buckets one at a time in
+bucket is about half a shard (estimated from input size); a bucket that turns out larger than half a
+shard is re-partitioned on disk in pass 2 rather than loaded. Pass 2 reads buckets one at a time in
 index order, shuffles each (seeded), and cuts the resulting stream into S shards of equal document
 count, shuffling each shard again before writing it. Peak memory ~ one shard + one bucket, whatever
 the corpus size; the output depends only on (seed, documents), not on worker count or timing.
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import os
 import random
+import struct
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -50,7 +52,9 @@ class BucketSpill:
     buffers: dict[int, bytearray] = field(default_factory=dict)
     buffered: int = 0
     documents: int = 0
-    payload_bytes: int = 0
+    payload_bytes: int = 0      # estimated tar bytes (records + tar headers/padding): sizes shards
+    record_bytes: int = 0       # bytes of bucket records: sizes memory
+    seed_for_split: int = 0     # seeds the re-partitioning of oversized buckets
 
     def __post_init__(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
@@ -63,6 +67,7 @@ class BucketSpill:
         self.buffered += len(record)
         self.documents += 1
         self.payload_bytes += len(record) - RECORD_HEADER.size + TAR_OVERHEAD_PER_DOC
+        self.record_bytes += len(record)
         if self.buffered >= self.spill_buffer_bytes:
             self.flush()
 
@@ -74,28 +79,58 @@ class BucketSpill:
         self.buffers.clear()
         self.buffered = 0
 
-    def read(self, bucket: int) -> list[bytes]:
-        path = self.path(bucket)
+    def read(self, bucket: int, max_bytes: int) -> Iterator[list[bytes]]:
+        """The bucket's records in groups of at most ~max_bytes, removing its file.
+
+        The bucket count is a guess made before reading the corpus; when a bucket came out larger
+        than `max_bytes`, it is re-partitioned on disk (streaming, by a second seeded hash of the doc
+        id) instead of loaded whole, so pass 2's memory stays bounded even when the guess was wrong.
+        """
+        yield from self._read_path(self.path(bucket), max_bytes, level=1)
+
+    def _read_path(self, path: str, max_bytes: int, level: int) -> Iterator[list[bytes]]:
         if not os.path.exists(path):
-            return []
-        with open(path, "rb") as f:
-            data = f.read()
+            return
+        size = os.path.getsize(path)
+        if size <= max_bytes or level > 8:
+            records = list(_iter_records(path))
+            os.remove(path)
+            yield records
+            return
+        parts = -(-size // max_bytes) + 1
+        sub = [f"{path}.{level}-{i:04d}" for i in range(parts)]
+        files = [open(p, "wb") for p in sub]
+        try:
+            for rec in _iter_records(path):
+                (doc_id,) = _DOC_ID.unpack_from(rec, 0)
+                files[mix64(mix64(self.seed_for_split + level) ^ doc_id) % parts].write(rec)
+        finally:
+            for f in files:
+                f.close()
         os.remove(path)
-        records = []
-        pos = 0
-        while pos < len(data):
-            _, _, _, la, lb = RECORD_HEADER.unpack_from(data, pos)
-            end = pos + RECORD_HEADER.size + la + lb
-            records.append(data[pos:end])
-            pos = end
-        return records
+        for p in sub:
+            yield from self._read_path(p, max_bytes, level + 1)
 
 
-def _stream(spill: BucketSpill, seed: int, split: str) -> Iterator[bytes]:
+_DOC_ID = struct.Struct("<Q")
+
+
+def _iter_records(path: str) -> Iterator[bytes]:
+    """Records of a bucket file, one at a time (header + payload bytes)."""
+    with open(path, "rb", buffering=1 << 20) as f:
+        while True:
+            head = f.read(RECORD_HEADER.size)
+            if not head:
+                return
+            _, _, _, la, lb = RECORD_HEADER.unpack(head)
+            yield head + f.read(la + lb)
+
+
+def _stream(spill: BucketSpill, seed: int, split: str, max_bucket_bytes: int) -> Iterator[bytes]:
     for bucket in range(spill.n_buckets):
-        records = spill.read(bucket)
-        random.Random(f"{seed}/{split}/bucket/{bucket}").shuffle(records)
-        yield from records
+        for part, records in enumerate(spill.read(bucket, max_bucket_bytes)):
+            random.Random(f"{seed}/{split}/bucket/{bucket}/{part}").shuffle(records)
+            yield from records
 
 
 def number_of_shards(documents: int, payload_bytes: int, shard_size_bytes: int, min_shards: int) -> int:
@@ -113,7 +148,9 @@ def write_shards(spill: BucketSpill, out_dir: str, split: str, seed: int, n_shar
     if n_shards == 0:
         return entries
     total = spill.documents
-    stream = _stream(spill, seed, split)
+    # A shard's records plus one bucket are in memory at once: keep a bucket at most half a shard.
+    max_bucket_bytes = max(1 << 16, spill.record_bytes // n_shards // 2)
+    stream = _stream(spill, seed, split, max_bucket_bytes)
     for k in range(n_shards):
         count = (k + 1) * total // n_shards - k * total // n_shards
         records = [next(stream) for _ in range(count)]
