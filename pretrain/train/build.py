@@ -107,7 +107,9 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
             f"(relaunch with run.fresh=true to start a new run)"
         )
     check_vocab_size(manifest, mcfg.vocab_size)
-    train_loader = build_train_loader(cfg.data, cfg.objective, topo.rank, topo.world_size, manifest)
+    train_loader = build_train_loader(
+        cfg.data, cfg.objective, topo.rank, topo.world_size, manifest, with_ids=cfg.trainer.record_samples
+    )
     if state.data_cursor:
         train_loader.load_state_dict(state.data_cursor)
     tracker = build_tracker(

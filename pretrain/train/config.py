@@ -47,6 +47,7 @@ class TrainerConfig:
     progress: bool = True
     peak_flops: Optional[float] = None
     export_on_finish: bool = True
+    record_samples: bool = False         # debug/audit: log (step, epoch, doc id, example) per rank
 
 
 @dataclass

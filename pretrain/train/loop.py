@@ -47,6 +47,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     meter = Meter()
     progress = Progress(cfg.trainer.max_steps, state.step, enabled=cfg.trainer.progress and topo.rank == 0)
     batches = iter(loader)
+    recorder = SampleRecorder(run_dir, topo.rank) if cfg.trainer.record_samples else None
     ga = cfg.trainer.grad_accum
     stop_reason = budget.exhausted(state.step, state.consumed_tokens)
     while stop_reason is None:
@@ -54,6 +55,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         micro = [next(batches) for _ in range(ga)]
         data_seconds = time.perf_counter() - t0
         metrics = engine.train_step(micro)
+        if recorder is not None:
+            recorder.record(state.step + 1, micro)
         counts = torch.tensor(
             [sum(int(b["attention_mask"].sum()) for b in micro), sum(len(b["input_ids"]) for b in micro),
              float(preempt.local)], dtype=torch.float64,
@@ -75,6 +78,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:
             save_checkpoint(cfg, run_dir, engine, loader, tracker, state, log)
     progress.close()
+    if recorder is not None:
+        recorder.close()
     log(f"stopped at step {state.step}: {stop_reason}")
     if stop_reason.startswith("preempted"):
         tracker.close()
@@ -87,6 +92,26 @@ def train(cfg: DictConfig, run_dir: str) -> None:
 
         export_run(run_dir, os.path.join(run_dir, "export"), log=log)
     barrier()
+
+
+class SampleRecorder:
+    """Appends which examples each step trained on, so exactly-once claims can be audited."""
+
+    def __init__(self, run_dir: str, rank: int):
+        import json
+
+        self._json = json
+        self._file = open(os.path.join(run_dir, "logs", f"samples-rank{rank}.jsonl"), "a")
+
+    def record(self, step: int, micro: list) -> None:
+        for b in micro:
+            rows = zip(b["epoch"].tolist(), b["doc_id"].tolist(), b["example_index"].tolist())
+            for epoch, doc, example in rows:
+                self._file.write(self._json.dumps([step, epoch, doc, example]) + "\n")
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _train_metrics(metrics: dict, speed: dict, state: TrainState) -> dict:

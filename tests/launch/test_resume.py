@@ -1,0 +1,76 @@
+"""Crash, preemption and world-size changes: a resumed run continues exactly where it stopped."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+from conftest import kill_tree, latest, launch, losses, metrics, start, wait_for
+
+RESUME = ["cluster.nproc=2", "parallel=zero2", "precision=bf16", "trainer.grad_accum=2",
+          "trainer.checkpoint_every=4", "trainer.max_steps=16", "trainer.keep_checkpoints=3",
+          "model.gradient_checkpointing=true"]
+
+
+def test_kill9_then_relaunch_continues_bit_identically_and_truncated_checkpoint_falls_back(tmp_path, tiny_data):
+    root = str(tmp_path / "runs")
+    ref = launch(root, tiny_data, "ref", *RESUME)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    reference = losses(os.path.join(root, "ref"))
+    assert sorted(reference) == list(range(1, 17))
+    assert reference[16] < reference[1], "loss should fall"
+
+    crash_dir = os.path.join(root, "crash")
+    proc = start(root, tiny_data, "crash", *RESUME)
+    wait_for(lambda: latest(crash_dir) is not None, what="first checkpoint", proc=proc)
+    kill_tree(proc)
+    resumed_from = int(latest(crash_dir).split("_")[1])
+    assert resumed_from < 16
+
+    again = launch(root, tiny_data, "crash", *RESUME)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"resumed from step {resumed_from}" in again.stdout
+    resumed = losses(crash_dir)
+    assert resumed == reference, "losses after kill -9 and resume must equal the uninterrupted run exactly"
+    steps = [m["step"] for m in metrics(crash_dir) if "train/loss" in m]
+    assert steps == sorted(set(steps)), "metrics.jsonl steps must never repeat or go backwards"
+
+    # Truncate the newest checkpoint: it is refused and the one before it is used.
+    ckpt_root = os.path.join(root, "ref", "checkpoints")
+    newest = os.path.join(ckpt_root, latest(os.path.join(root, "ref")))
+    victim = max((os.path.join(d, f) for d, _, fs in os.walk(newest) for f in fs if f.endswith(".pt")),
+                 key=os.path.getsize)
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    more = launch(root, tiny_data, "ref", *RESUME, "trainer.max_steps=18")
+    assert more.returncode == 0, more.stderr[-3000:]
+    assert "truncated" in more.stdout and "step_000016" in more.stdout
+    assert "resumed from step 12" in more.stdout
+
+
+def test_sigterm_saves_then_exits_and_one_rank_resumes_with_exactly_once_data(tmp_path, tiny_data):
+    root = str(tmp_path / "runs")
+    run_dir = os.path.join(root, "pre")
+    common = ["parallel=zero2", "trainer.checkpoint_every=1000", "trainer.record_samples=true"]
+    proc = start(root, tiny_data, "pre", "cluster.nproc=2", "trainer.max_steps=100000", *common)
+    wait_for(lambda: len(losses(run_dir)) >= 3, what="three steps", proc=proc)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "preempted" in out
+    stopped = int(latest(run_dir).split("_")[1])
+    assert stopped == max(losses(run_dir)), "the checkpoint is taken at the step where the signal arrived"
+
+    one = launch(root, tiny_data, "pre", "cluster.nproc=1", f"trainer.max_steps={stopped + 4}", *common)
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert f"resumed from step {stopped} (2 -> 1 ranks)" in one.stdout
+    assert max(losses(run_dir)) == stopped + 4
+
+    seen = []
+    for rank in (0, 1):
+        path = os.path.join(run_dir, "logs", f"samples-rank{rank}.jsonl")
+        with open(path) as f:
+            seen += [tuple(json.loads(line)) for line in f]
+    examples = [(epoch, doc, ex) for _step, epoch, doc, ex in seen]
+    assert len(examples) == len(set(examples)), "an example was trained on twice within the epoch"
+    assert {step for step, *_ in seen} == set(range(1, stopped + 5))
