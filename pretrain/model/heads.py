@@ -1,8 +1,7 @@
 """Last stage of the ordered-layer form: the MLM head (sparse) and the SOP/NSP head."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
@@ -13,9 +12,11 @@ from .config import ModelConfig
 IGNORE_INDEX = -100
 
 
-@dataclass
-class PretrainingOutput:
-    """mlm_logits: [n_masked, V] at positions where labels != -100 (row-major over [B, L]),
+class PretrainingOutput(NamedTuple):
+    """A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 finds the tensors in tuples/dicts only
+    (its backward hooks never fire for tensors hidden in other objects).
+
+    mlm_logits: [n_masked, V] at positions where labels != -100 (row-major over [B, L]),
     or [B, L, V] when all positions were requested. mlm_labels: [n_masked] (or [B, L] / None
     alongside all-position logits). sentence_logits: [B, 2] or None (sentence_head="none")."""
 

@@ -55,7 +55,7 @@ class PretrainingModel(nn.Module):
                 x = layer(x)
         out = self.heads(x)
         if all_positions:
-            out.mlm_labels = labels
+            out = out._replace(mlm_labels=labels)
         return out
 
 
