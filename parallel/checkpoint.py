@@ -123,8 +123,8 @@ def resume_mode(ckpt_dir: str, meta: dict, world_size: int, zero_stage: int, dty
 def consolidate_fp32(ckpt_dir: str, exclude_frozen: bool = False) -> dict:
     """Offline: the full fp32 state dict of a DeepSpeed checkpoint (ZeRO 0-3, any world size).
 
-    Uses DeepSpeed's zero_to_fp32 (reads the fp32 master partitions). Tied weights come back as
-    shared tensors; write them with torch.save or de-duplicate before safetensors.
+    Uses DeepSpeed's zero_to_fp32 (reads the fp32 master partitions) for ZeRO 1-3. Tied weights
+    appear under each name and may share storage: clone or de-duplicate before safetensors.
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
