@@ -120,6 +120,20 @@ def resume_mode(ckpt_dir: str, meta: dict, world_size: int, zero_stage: int, dty
         f"(pipeline {pipeline_stages}); supported: ZeRO-0 -> 0 (same dtype), 1/2 -> 1/2, 3 -> 3")
 
 
+def validate_checkpoint(ckpt_dir: str, model: nn.Module, world_size: int, zero_stage: int, dtype: str,
+                        pipeline_stages: int = 1) -> str:
+    """Everything build_engine/load check before DeepSpeed runs: meta, files, model shape, layout.
+
+    Returns "plain" or "universal"; raises CheckpointError (one line). No process group needed,
+    so a trainer can pick the newest checkpoint that passes before calling build_engine.
+    Call with the unwrapped model before deepspeed.initialize (ZeRO-3 partitions parameters).
+    """
+    meta = peek_checkpoint(ckpt_dir)
+    verify_files(ckpt_dir, meta)
+    check_compatible(ckpt_dir, meta, model_signature(model))
+    return resume_mode(ckpt_dir, meta, world_size, zero_stage, dtype, pipeline_stages)
+
+
 def consolidate_fp32(ckpt_dir: str, exclude_frozen: bool = False) -> dict:
     """Offline: the full fp32 state dict of a DeepSpeed checkpoint (ZeRO 0-3, any world size).
 

@@ -321,11 +321,9 @@ def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig
     signature = model_signature(model)
     load_universal = False
     if resume_from is not None:
-        meta = peek_checkpoint(resume_from)
-        ckpt.verify_files(resume_from, meta)
-        ckpt.check_compatible(resume_from, meta, signature)
-        load_universal = ckpt.resume_mode(resume_from, meta, topo.world_size, parallel_cfg.zero_stage,
-                                          precision_cfg.dtype, parallel_cfg.pipeline_stages) == "universal"
+        load_universal = ckpt.validate_checkpoint(resume_from, model, topo.world_size, parallel_cfg.zero_stage,
+                                                  precision_cfg.dtype,
+                                                  parallel_cfg.pipeline_stages) == "universal"
         if load_universal:
             prepare_universal(resume_from, topo)
     config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,

@@ -70,3 +70,17 @@ def test_model_signature_sees_names_and_shapes():
     b = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
     c = torch.nn.Sequential(torch.nn.Linear(3, 5), torch.nn.Linear(5, 2))
     assert model_signature(a) == model_signature(b) != model_signature(c)
+
+
+def test_validate_checkpoint_without_deepspeed(tmp_path):
+    from parallel.checkpoint import validate_checkpoint
+
+    model = torch.nn.Linear(3, 4)
+    d = tmp_path / "step_000002"
+    d.mkdir()
+    (d / "mp_rank_00_model_states.pt").write_bytes(b"z" * 8)
+    write_meta(str(d), meta(2, 2) | {"model_signature": model_signature(model)})
+    assert validate_checkpoint(str(d), model, 2, 2, "fp32") == "plain"
+    assert validate_checkpoint(str(d), model, 1, 1, "bf16") == "universal"
+    with pytest.raises(CheckpointError, match="model shape differs"):
+        validate_checkpoint(str(d), torch.nn.Linear(3, 5), 2, 2, "fp32")
