@@ -32,5 +32,30 @@ def preflight(cfg: DictConfig) -> None:
             raise ConfigError(
                 f"{os.path.join(cfg.data.path, MANIFEST_NAME)} has no split {split!r} (has {sorted(manifest.splits)})"
             )
+    _check_precision(cfg)
     if cfg.model.init_from and not os.path.isdir(cfg.model.init_from):
         raise ConfigError(f"config key 'model.init_from' = {cfg.model.init_from!r}: no such directory")
+
+
+def _check_precision(cfg: DictConfig) -> None:
+    """fp16/bf16 support is a property of this machine's accelerator: say so before starting ranks."""
+    from launch.local import rank_environment
+    from pretrain.train.config import ConfigError
+
+    os.environ.setdefault("DS_ACCELERATOR", rank_environment().get("DS_ACCELERATOR", "")) or os.environ.pop(
+        "DS_ACCELERATOR"
+    )
+    if cfg.cluster.kind != "local":
+        return  # the compute nodes' accelerator is not this machine's
+    from parallel.ds_config import check_device_dtype
+
+    try:
+        import torch
+
+        if cfg.precision.dtype == "fp16" and not torch.cuda.is_available():
+            # DeepSpeed's CPU accelerator claims fp16 support, then fails or hangs inside the
+            # loss scaler: fp16 mixed precision is a GPU feature.
+            raise ValueError("precision.dtype=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on this machine")
+        check_device_dtype(cfg.precision.dtype)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None

@@ -6,6 +6,7 @@ per combination, named `<run.name>-<job number>`.
 """
 from __future__ import annotations
 
+import io
 import shlex
 import sys
 
@@ -74,7 +75,28 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    _hydra_main()
+    """Hydra reports composition errors (unknown key, missing preset) over several lines; we
+    keep Python-level stderr until the end and condense such a report into one line."""
+    captured = io.StringIO()
+    real_stderr, sys.stderr = sys.stderr, captured
+    code = 0
+    try:
+        _hydra_main()
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        sys.stderr = real_stderr
+    text = captured.getvalue()
+    if code and text and not text.startswith(f"{PROG}: error:"):
+        text = f"{PROG}: error: {condense_hydra_error(text)}\n"
+    sys.stderr.write(text)
+    raise SystemExit(code)
+
+
+def condense_hydra_error(text: str) -> str:
+    noise = ("Set the environment variable HYDRA_FULL_ERROR", "object_type=", "full_key:")
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(noise)]
+    return "; ".join(lines) if lines else "configuration error"
 
 
 if __name__ == "__main__":

@@ -21,10 +21,15 @@ STAT_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "s
 
 
 def pretraining_loss(
-    out: PretrainingOutput, batch: dict, mlm_normalizer: float | torch.Tensor, cfg: ObjectiveConfig
+    out: PretrainingOutput, batch: dict, mlm_normalizer: float | torch.Tensor, cfg: ObjectiveConfig,
+    sentence_normalizer: float | torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """loss = mlm_weight * sum(CE over masked tokens) / mlm_normalizer
-             + sentence_weight * mean CE over sequences with sentence_label != -100.
+             + sentence_weight * sum(CE over sequences with sentence_label != -100) / sentence_normalizer
+
+    Both normalisers are global counts (all ranks, all micro-batches) when the engine passes
+    them, so the gradient is that of the global-batch means; sentence_normalizer=None means
+    this micro-batch's own count (a plain mean).
 
     out: the model output with sparse logits (mlm_logits [n, V], mlm_labels [n]).
     batch: needs "sentence_label" [B] when the model has a sentence head.
@@ -51,7 +56,9 @@ def pretraining_loss(
             s_valid = s_labels != IGNORE_INDEX
             sentence_count = s_valid.sum()
             sentence_correct = ((s_logits.argmax(-1) == s_labels) & s_valid).sum()
-        loss = loss + cfg.sentence_weight * sentence_loss_sum / sentence_count.clamp_min(1)
+        s_norm = sentence_count if sentence_normalizer is None else torch.as_tensor(
+            sentence_normalizer, dtype=torch.float32, device=s_logits.device)
+        loss = loss + cfg.sentence_weight * sentence_loss_sum / s_norm.clamp_min(1)
 
     values = torch.stack([t.detach().float() for t in
                           (mlm_loss_sum, mlm_correct, mlm_count, sentence_loss_sum, sentence_correct, sentence_count)])

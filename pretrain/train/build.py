@@ -10,8 +10,8 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from parallel.topology import all_gather_object, all_reduce_sum, barrier, is_main
-from parallel.engine import build_engine, peek_checkpoint
-from parallel.checkpoint import CheckpointError
+from parallel.engine import build_engine
+from parallel.checkpoint import CheckpointError, validate_checkpoint
 from parallel.topology import detect, init_distributed
 from pretrain.data import build_eval_loader, build_train_loader, check_vocab_size
 from pretrain.model import build_model
@@ -78,7 +78,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank, before any draw
     model, mcfg = build_model_from_config(cfg)
     manifest = load_manifest(cfg.data.path)
-    candidates = find_resume_point(run_dir, log)
+    candidates = _loadable(find_resume_point(run_dir, log), model, cfg, topo, log)
     resume_from = candidates[0] if candidates else None
     engine = build_engine(
         model,
@@ -141,8 +141,27 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     )
 
 
-def _loss(output, batch, mlm_normalizer, objective):
-    return pretraining_loss(output, batch, mlm_normalizer, objective)
+def _loss(output, batch, mlm_normalizer, objective, sentence_normalizer=None):
+    return pretraining_loss(output, batch, mlm_normalizer, objective, sentence_normalizer=sentence_normalizer)
+
+
+def _loadable(candidates: list[str], model, cfg: DictConfig, topo, log) -> list[str]:
+    """Drop checkpoints the engine would refuse (files, shape, layout), newest first, warning for each.
+
+    When none is left but some existed, the last refusal is raised: never start over silently.
+    """
+    kept, last_error = [], None
+    for path in candidates:
+        try:
+            validate_checkpoint(path, model, topo.world_size, cfg.parallel.zero_stage, cfg.precision.dtype,
+                                cfg.parallel.pipeline_stages)
+            kept.append(path)
+        except CheckpointError as e:
+            last_error = e
+            log(f"warning: not resuming from {path}: {e}")
+    if candidates and not kept:
+        raise last_error
+    return kept
 
 
 def _load_with_fallback(engine, candidates: list[str], log):

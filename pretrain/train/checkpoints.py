@@ -1,24 +1,25 @@
-"""Checkpoint directory management: step dirs, an atomic `latest`, completeness, retention.
+"""Checkpoint directory management: step dirs, an atomic `latest`, what to resume from, retention.
 
-The engine writes the tensors (DeepSpeed) into a step directory; this module decides which
-directory, marks it complete only after every rank finished, and picks what to resume from.
+The engine writes a step directory (DeepSpeed files + `parallel_meta.json`, written last by
+rank 0 with every file's size: see parallel/checkpoint.py). This module decides the directory
+name, publishes `latest` only after the save is complete, and picks what to resume from:
 
-  checkpoints/step_000500/...          DeepSpeed files + client state
-  checkpoints/step_000500/complete.json  file sizes of everything above, written last by rank 0
-  checkpoints/latest                   "step_000500", replaced atomically after complete.json
+  checkpoints/step_000500/...   DeepSpeed files + client state + parallel_meta.json
+  checkpoints/latest            "step_000500", replaced atomically after the save completed
 
-A directory without complete.json, or whose files no longer match it (truncated, deleted), is
-never resumed from: the newest complete one before it is used, with a warning naming both.
+A directory whose meta is missing (interrupted save) or whose files no longer match it
+(truncated, deleted) is never resumed from: the newest complete one before it is used, with a
+warning naming both.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 from dataclasses import dataclass
 
-COMPLETE_NAME = "complete.json"
+from parallel.checkpoint import CheckpointError, peek_checkpoint, verify_files
+
 LATEST_NAME = "latest"
 _STEP_DIR = re.compile(r"^step_(\d{6,})$")
 
@@ -31,26 +32,8 @@ def step_dir_name(step: int) -> str:
     return f"step_{step:06d}"
 
 
-def _file_sizes(directory: str) -> dict[str, int]:
-    sizes = {}
-    for root, _dirs, files in os.walk(directory):
-        for name in files:
-            if name == COMPLETE_NAME:
-                continue
-            path = os.path.join(root, name)
-            sizes[os.path.relpath(path, directory)] = os.path.getsize(path)
-    return sizes
-
-
-def mark_complete(step_dir: str, step: int) -> None:
-    """Rank 0, after a barrier following the save: record every file's size, then publish."""
-    record = {"step": step, "files": _file_sizes(step_dir)}
-    tmp = os.path.join(step_dir, COMPLETE_NAME + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, os.path.join(step_dir, COMPLETE_NAME))
+def publish_latest(step_dir: str) -> None:
+    """Rank 0, after every rank finished saving: point `latest` at `step_dir` atomically."""
     root = os.path.dirname(step_dir)
     tmp = os.path.join(root, LATEST_NAME + ".tmp")
     with open(tmp, "w") as f:
@@ -67,22 +50,10 @@ class Verdict:
 
 
 def verify(step_dir: str) -> Verdict:
-    path = os.path.join(step_dir, COMPLETE_NAME)
     try:
-        with open(path) as f:
-            record = json.load(f)
-        expected = dict(record["files"])
-    except FileNotFoundError:
-        return Verdict(False, "never completed (no complete.json: the save was interrupted)")
-    except (json.JSONDecodeError, KeyError, TypeError):
-        return Verdict(False, f"{COMPLETE_NAME} is unreadable")
-    for rel, size in expected.items():
-        full = os.path.join(step_dir, rel)
-        if not os.path.exists(full):
-            return Verdict(False, f"{rel} is missing")
-        actual = os.path.getsize(full)
-        if actual != size:
-            return Verdict(False, f"{rel} has {actual} bytes, expected {size} (truncated?)")
+        verify_files(step_dir, peek_checkpoint(step_dir))
+    except CheckpointError as e:
+        return Verdict(False, str(e))
     return Verdict(True)
 
 

@@ -136,6 +136,16 @@ def validate(raw: DictConfig | dict) -> DictConfig:
         value = _get(cfg, key)
         if value is None or value <= 0:
             raise ConfigError(f"config key {key!r} = {value!r}; must be > 0")
+    for key in ("trainer.max_steps", "trainer.max_tokens", "trainer.eval_batches"):
+        value = _get(cfg, key)
+        if value is not None and value <= 0:
+            raise ConfigError(f"config key {key!r} = {value!r}; must be > 0 (or null)")
+    for key in ("trainer.checkpoint_every",):
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"config key {key!r} = {_get(cfg, key)!r}; must be > 0")
+    for key in ("trainer.eval_every", "schedule.warmup_steps", "parallel.reduce_bucket_size"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"config key {key!r} = {_get(cfg, key)!r}; must be >= 0")
     for key in _PROBABILITIES:
         value = _get(cfg, key)
         if not 0.0 <= value <= 1.0:
@@ -169,6 +179,12 @@ def _check_relations(cfg: DictConfig) -> None:
             f"config: parallel.pipeline_stages={cfg.parallel.pipeline_stages} needs parallel.zero_stage <= 1 "
             f"(got {cfg.parallel.zero_stage}); DeepSpeed cannot combine pipeline with ZeRO-2/3"
         )
+    from parallel.ds_config import validate as validate_engine
+
+    try:
+        validate_engine(cfg.parallel, cfg.precision, cfg.optim)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
     try:
         TrackerConfig.from_any(cfg.tracker)
     except ValueError as e:

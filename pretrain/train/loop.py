@@ -142,7 +142,7 @@ def save_checkpoint(cfg, run_dir, engine, loader, tracker, state: TrainState, lo
     engine.save(step_dir, {"train_state": asdict(state), "config": OmegaConf.to_container(cfg, resolve=True)})
     barrier()
     if is_main():
-        checkpoints.mark_complete(step_dir, state.step)
+        checkpoints.publish_latest(step_dir)
         checkpoints.prune(root, cfg.trainer.keep_checkpoints)
     barrier()
     log(f"saved checkpoint {step_dir} in {time.perf_counter() - t0:.1f}s")

@@ -54,7 +54,7 @@ def test_unknown_key_is_refused():
 def test_missing_run_name():
     with initialize_config_module(config_module="conf", version_base="1.3"):
         cfg = dict(compose(config_name="train", overrides=["data.path=/x"]))
-    cfg.pop("hydra")
+    cfg.pop("hydra", None)
     with pytest.raises(ConfigError, match="run.name"):
         validate(cfg)
 

@@ -1,0 +1,72 @@
+"""The launcher's user-facing behaviour: one-line errors, dry run, sweeps, fresh starts."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import COMMON, run_env
+
+
+def _launch(tmp_path, *args, data=None):
+    flags = [a for a in args if a.startswith("-")]
+    overrides = [a for a in args if not a.startswith("-")]
+    cmd = [sys.executable, "-m", "launch.train", *flags, f"run.root={tmp_path}/runs", *COMMON, *overrides]
+    if data:
+        cmd.append(f"data.path={data}")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=run_env())
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run.name=x", "data.path=/no/such/dir"], "data.path"),
+        (["run.name=x", "precision.dtype=fp8"], "precision.dtype"),
+        (["run.name=x", "parallel.zero_stage=7"], "parallel.zero_stage"),
+        (["run.name=x", "trainer.max_steps=-1"], "trainer.max_steps"),
+        (["run.name=x", "data.micro_batch_size=abc"], "micro_batch_size"),
+        (["run.name=x", "model.vocab_size=10"], "model.vocab_size"),
+        (["data.path=/tmp"], "run.name"),
+        (["run.name=x", "trainer.max_stepz=3"], "max_stepz"),
+        (["run.name=x", "parallel=zero9"], "zero9"),
+        (["run.name=x", "precision=fp16", "parallel=zero2"], "fp16"),
+        (["run.name=x", "parallel.zero_stage=1", "parallel.offload_params=true"], "offload_params"),
+    ],
+)
+def test_bad_config_is_one_line_error(tmp_path, tiny_data, args, needle):
+    has_data = any(a.startswith("data.path=") for a in args)
+    result = _launch(tmp_path, *args, data=None if has_data else tiny_data)
+    assert result.returncode != 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert needle in lines[0] and "Traceback" not in result.stderr
+    assert not os.path.exists(tmp_path / "runs" / "x" / "checkpoints")
+
+
+def test_dry_run_prints_config_and_command_and_starts_nothing(tmp_path, tiny_data):
+    result = _launch(tmp_path, "run.name=d", "run.dry_run=true", "cluster.nproc=2", data=tiny_data)
+    assert result.returncode == 0, result.stderr
+    assert "zero_stage" in result.stdout and "torch.distributed.run" in result.stdout
+    assert "--nproc-per-node=2" in result.stdout
+    assert not os.path.exists(tmp_path / "runs" / "d")
+
+
+def test_multirun_sweep_makes_one_run_per_value(tmp_path, tiny_data):
+    result = _launch(tmp_path, "-m", "run.name=sw", "optim.lr=1e-4,1e-3", "trainer.max_steps=2",
+                     "cluster.nproc=1", "parallel=single", data=tiny_data)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for num, lr in ((0, 1e-4), (1, 1e-3)):
+        run_dir = tmp_path / "runs" / f"sw-{num}"
+        assert (run_dir / "metrics.jsonl").exists()
+        assert f"lr: {lr}" in (run_dir / "config.yaml").read_text()
+
+
+def test_fresh_moves_the_old_run_aside(tmp_path, tiny_data):
+    args = ("run.name=f", "trainer.max_steps=2", "cluster.nproc=1", "trainer.checkpoint_every=1")
+    assert _launch(tmp_path, *args, data=tiny_data).returncode == 0
+    result = _launch(tmp_path, *args, "run.fresh=true", data=tiny_data)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "resumed" not in result.stdout
+    assert any(p.startswith("f.old-") for p in os.listdir(tmp_path / "runs"))
