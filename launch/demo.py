@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default="data/demo", help="where corpus and shards go")
     parser.add_argument("--run", default="demo", help="run name under runs/")
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--max-time", default="300", help="training wall-clock budget in seconds")
+    parser.add_argument("--max-time", default="240", help="training wall-clock budget in seconds")
     parser.add_argument("--nproc", type=int, default=2)
     args = parser.parse_args(argv)
 

@@ -13,7 +13,10 @@ class Progress:
             from tqdm.auto import tqdm
 
             # stdout: the launcher keeps rank stderr in log files only.
-            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True, file=sys.stdout)
+            # Under torchrun stdout is a pipe and every refresh becomes a line: refresh rarely then.
+            interval = 0.1 if sys.stdout.isatty() else 15.0
+            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True,
+                             file=sys.stdout, mininterval=interval, maxinterval=max(interval, 10.0))
 
     def update(self, step: int, loss: Optional[float]) -> None:
         if self._bar is None:
