@@ -59,7 +59,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def fill_mask(export_dir: str) -> None:
     from transformers import pipeline
+    from transformers.utils import logging as hf_logging
 
+    # The export is BertForPreTraining; fill-mask loads it as BertForMaskedLM, and the unused
+    # pooler/NSP weights would otherwise print a load report.
+    hf_logging.set_verbosity_error()
     fill = pipeline("fill-mask", model=export_dir, tokenizer=export_dir, device="cpu")
     for text in ("The [MASK] statement is used to leave a loop.", "A list is a mutable [MASK] of items."):
         print(f"\nfill-mask: {text}")

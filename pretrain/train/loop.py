@@ -71,7 +71,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
             tracker.log(_train_metrics(metrics, meter.summary(topo.world_size, peak, topo.device), state), state.step)
             meter.reset()
         if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
-            tracker.log(evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches), state.step)
+            run_eval(engine, parts, cfg, tracker, state.step, log)
         stop_reason = budget.exhausted(state.step, state.consumed_tokens)
         if preempted:
             stop_reason = "preempted by a signal"
@@ -85,13 +85,20 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         tracker.close()
         return
     if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every != 0:
-        tracker.log(evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches), state.step)
+        run_eval(engine, parts, cfg, tracker, state.step, log)
     tracker.close()
     if cfg.trainer.export_on_finish and topo.rank == 0:
         from pretrain.train.export import export_run
 
         export_run(run_dir, os.path.join(run_dir, "export"), log=log)
     barrier()
+
+
+def run_eval(engine, parts, cfg, tracker, step: int, log) -> None:
+    results = evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches)
+    tracker.log(results, step)
+    shown = ", ".join(f"{k.split('/')[1]}={results[k]:.4f}" for k in ("eval/loss", "eval/mlm_acc", "eval/sop_acc") if k in results)
+    log(f"eval at step {step}: {shown}")
 
 
 class SampleRecorder:
