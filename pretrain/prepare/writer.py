@@ -161,6 +161,41 @@ def write_shards(spill: BucketSpill, out_dir: str, split: str, seed: int, n_shar
     return entries
 
 
+def _tarfile_header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o444
+    info.mtime = 0
+    return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+
+# The ustar header of a shard member differs only in name, size and checksum; tarfile builds it
+# field by field (~80 us, two members per document), this patches a template (~2 us). Checked
+# against tarfile at import; any difference (another Python) -> tarfile's own headers.
+_TEMPLATE = _tarfile_header("x", 0)
+_TAR_MODE_IDS = _TEMPLATE[100:124]          # mode, uid, gid
+_TAR_MTIME = _TEMPLATE[136:148]
+_TAR_TAIL = _TEMPLATE[156:]                 # type, linkname, magic, uname, gname, dev, prefix, pad
+_TAR_FIXED_SUM = sum(_TAR_MODE_IDS) + sum(_TAR_MTIME) + 8 * 32 + sum(_TAR_TAIL)
+
+
+def _fast_header(name: str, size: int) -> bytes:
+    raw = name.encode("utf-8")
+    if len(raw) > 99 or size >= 8**11:
+        return _tarfile_header(name, size)
+    size_field = b"%011o\0" % size
+    chk = _TAR_FIXED_SUM + sum(raw) + sum(size_field)
+    return (raw.ljust(100, b"\0") + _TAR_MODE_IDS + size_field + _TAR_MTIME + b"%06o\0 " % chk + _TAR_TAIL)
+
+
+def _fast_header_matches() -> bool:
+    cases = [("d000000000000.ids.npy", 0), ("d000000012345.sents.npy", 132), ("d1234567890123.ids.npy", 8**11 - 1)]
+    return all(_fast_header(n, k) == _tarfile_header(n, k) for n, k in cases)
+
+
+tar_header = _fast_header if _fast_header_matches() else _tarfile_header
+
+
 def _write_tar(path: str, name: str, records: list[bytes]) -> dict:
     """One shard, as a plain ustar tar (what `webdataset.TarWriter` writes, minus its cost).
 
@@ -169,23 +204,27 @@ def _write_tar(path: str, name: str, records: list[bytes]) -> dict:
     names and content, fixed mtime/owner so re-runs are byte-identical.
     """
     sentences = tokens = 0
-    with open(path, "wb") as f, tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    offset = 0
+    hsize = RECORD_HEADER.size
+    with open(path, "wb", buffering=1 << 20) as f:
+        write = f.write
         for rec in records:
             doc_id, n_sents, n_tokens, la, lb = RECORD_HEADER.unpack_from(rec, 0)
-            start = RECORD_HEADER.size
             key = doc_key(doc_id)
-            for suffix, data in (("ids.npy", rec[start : start + la]), ("sents.npy", rec[start + la : start + la + lb])):
-                info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size = len(data)
-                info.mode = 0o444
-                info.mtime = 0
-                f.write(info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape"))
-                f.write(data)
-                pad = -len(data) % tarfile.BLOCKSIZE
+            view = memoryview(rec)
+            for suffix, a, b in ((".ids.npy", hsize, hsize + la), (".sents.npy", hsize + la, hsize + la + lb)):
+                size = b - a
+                write(tar_header(key + suffix, size))
+                write(view[a:b])
+                pad = -size % tarfile.BLOCKSIZE
                 if pad:
-                    f.write(b"\0" * pad)
-                tar.offset += tarfile.BLOCKSIZE + len(data) + pad
+                    write(bytes(pad))
+                offset += tarfile.BLOCKSIZE + size + pad
             sentences += n_sents
             tokens += n_tokens
+        # End of archive as tarfile writes it: two zero blocks, then zeros up to a whole record.
+        offset += 2 * tarfile.BLOCKSIZE
+        tail = -offset % tarfile.RECORDSIZE
+        write(bytes(2 * tarfile.BLOCKSIZE + tail))
     return {"name": name, "documents": len(records), "sentences": sentences, "tokens": tokens,
-            "bytes": os.path.getsize(path)}
+            "bytes": offset + tail}
