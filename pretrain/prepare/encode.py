@@ -1,24 +1,30 @@
 """Worker side of `prepare`: documents -> sentence-split, tokenized, serialized shard samples.
 
 Runs in pool processes (or inline with num_workers=0). A task is a chunk of documents so the
-per-task overhead (pickling, IPC) is paid per ~1 MB of text, and `encode_batch_fast` gets many
-sentences at once. Results come back in task order, so the output never depends on worker count.
+per-task overhead (pickling, IPC) is paid per ~1 MB of text. Sentences are tokenized by
+`tokencache.CachedEncoder` (exactly `encode_batch_fast`'s ids, each distinct whitespace-separated
+chunk tokenized once per worker). Results come back in task order, so the output never depends on worker count.
 """
 from __future__ import annotations
 
+import array
+import itertools
 import os
 import struct
 from dataclasses import dataclass
 
+import numpy as np
 from tokenizers import Tokenizer
 
 from pretrain.prepare.sentences import split_sentences
-from pretrain.shardformat import encode_document
+from pretrain.prepare.tokencache import CachedEncoder
+from pretrain.shardformat import ids_dtype, npy_1d
 
 # Bucket-file record header: doc id, sentences, tokens, len(ids.npy), len(sents.npy).
 RECORD_HEADER = struct.Struct("<QIIII")
 
 _STATE: dict = {}
+_INT32 = np.dtype(np.int32)
 
 
 @dataclass(frozen=True)
@@ -32,27 +38,29 @@ class Encoded:
 def init_worker(tokenizer_json: str, vocab_size: int) -> None:
     """Pool initializer: one tokenizer per process, single-threaded (the pool is the parallelism)."""
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _STATE["tok"] = Tokenizer.from_str(tokenizer_json)
-    _STATE["vocab_size"] = vocab_size
+    dtype = ids_dtype(vocab_size)
+    _STATE["encoder"] = CachedEncoder(Tokenizer.from_str(tokenizer_json), dtype)
+    _STATE["dtype"] = dtype
 
 
 def encode_chunk(docs: list[tuple[int, str]]) -> list[Encoded]:
-    tok: Tokenizer = _STATE["tok"]
-    vocab_size = _STATE["vocab_size"]
+    encoder: CachedEncoder = _STATE["encoder"]
+    dtype: np.dtype = _STATE["dtype"]
+    width = dtype.itemsize
     per_doc = [split_sentences(text) for _, text in docs]
-    flat = [s for sents in per_doc for s in sents]
-    encodings = tok.encode_batch_fast(flat, add_special_tokens=False) if flat else []
+    encoded = encoder.encode([s for sents in per_doc for s in sents])  # ids bytes per sentence
     out: list[Encoded] = []
     i = 0
     for (doc_id, _), sents in zip(docs, per_doc):
-        ids = [e.ids for e in encodings[i : i + len(sents)]]
+        parts = [b for b in encoded[i : i + len(sents)] if b]  # sentences of only stripped characters have no ids
         i += len(sents)
-        ids = [s for s in ids if s]  # sentences of only stripped characters tokenize to nothing
-        if not ids:
+        if not parts:
             out.append(Encoded(doc_id, 0, 0, b""))
             continue
-        sample = encode_document(doc_id, ids, vocab_size)
-        n_tokens = sum(len(s) for s in ids)
-        a, b = sample["ids.npy"], sample["sents.npy"]
-        out.append(Encoded(doc_id, len(ids), n_tokens, RECORD_HEADER.pack(doc_id, len(ids), n_tokens, len(a), len(b)) + a + b))
+        ends = list(itertools.accumulate(len(p) // width for p in parts))
+        n_tokens = ends[-1]
+        # What shardformat.encode_document writes, without going through Python lists of ids.
+        a = npy_1d(b"".join(parts), dtype, n_tokens)
+        b = npy_1d(array.array("i", ends).tobytes(), _INT32, len(ends))
+        out.append(Encoded(doc_id, len(parts), n_tokens, RECORD_HEADER.pack(doc_id, len(parts), n_tokens, len(a), len(b)) + a + b))
     return out
