@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import launch, losses, metrics, run_env
+from launch_helpers import launch, losses, metrics, run_env
 
 
 @pytest.mark.parametrize("stage, precision", [(0, "fp32"), (1, "bf16"), (3, "bf16")])

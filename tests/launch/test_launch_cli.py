@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import COMMON, run_env
+from launch_helpers import COMMON, run_env
 
 
 def _launch(tmp_path, *args, data=None):
@@ -63,9 +63,13 @@ def test_multirun_sweep_makes_one_run_per_value(tmp_path, tiny_data):
         assert f"lr: {lr}" in (run_dir / "config.yaml").read_text()
 
 
-def test_fresh_moves_the_old_run_aside(tmp_path, tiny_data):
+def test_other_model_shape_is_refused_then_fresh_moves_the_old_run_aside(tmp_path, tiny_data):
     args = ("run.name=f", "trainer.max_steps=2", "cluster.nproc=1", "trainer.checkpoint_every=1")
     assert _launch(tmp_path, *args, data=tiny_data).returncode == 0
+    other = _launch(tmp_path, *args, "model.hidden_size=64", "trainer.max_steps=3", data=tiny_data)
+    assert other.returncode != 0
+    lines = [line for line in other.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model shape differs" in lines[0], other.stderr
     result = _launch(tmp_path, *args, "run.fresh=true", data=tiny_data)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed" not in result.stdout

@@ -5,7 +5,7 @@ import json
 import os
 import signal
 
-from conftest import kill_tree, latest, launch, losses, metrics, start, wait_for
+from launch_helpers import kill_tree, latest, launch, losses, metrics, start, wait_for
 
 RESUME = ["cluster.nproc=2", "parallel=zero2", "precision=bf16", "trainer.grad_accum=2",
           "trainer.checkpoint_every=4", "trainer.max_steps=16", "trainer.keep_checkpoints=3",
