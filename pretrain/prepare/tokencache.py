@@ -36,8 +36,10 @@ from tokenizers import Tokenizer
 
 _CHUNK = re.compile(r"[^ \t\n\r]+")
 _ASCII_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_WORDS_LOWER = re.compile(r"[a-z0-9]+|[^a-z0-9]")
-_WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9]")
+# BERT pre-tokenization of printable ASCII (plus \t \n \r): runs of letters/digits, and every other
+# non-whitespace character (all are BERT punctuation) on its own.
+_WORDS_LOWER = re.compile(r"[a-z0-9]+|[^a-z0-9 \t\n\r]")
+_WORDS_CASED = re.compile(r"[A-Za-z0-9]+|[^A-Za-z0-9 \t\n\r]")
 _ARRAY_CODE = {np.dtype(np.uint16): "H", np.dtype(np.int32): "i"}
 
 
@@ -77,7 +79,7 @@ class CachedEncoder:
         state = json.loads(tok.to_str())
         norm = state.get("normalizer") or {}
         self.lowercase = bool(norm.get("lowercase"))
-        self.words_re = _WORDS_LOWER if self.lowercase else _WORDS_CASED
+        self.plain_re = _WORDS_LOWER if self.lowercase else _WORDS_CASED
         # Chunks containing (a lowercased form of) an added token, raw or normalized, take the full
         # pipeline; a superset of what the tokenizer can match in ASCII text, which is all we need.
         forms = set()
@@ -101,6 +103,51 @@ class CachedEncoder:
         if not self.cached:
             return [array.array(self.code, e.ids).tobytes()
                     for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+        out: list[bytes] = [b""] * len(texts)
+        # Printable-ASCII texts (the bulk of English text) go straight to words; the rest by chunks.
+        plain, plain_at, rest, rest_at = [], [], [], []
+        for i, t in enumerate(texts):
+            if t.isascii() and self._plain_ascii(t):
+                plain.append(t)
+                plain_at.append(i)
+            else:
+                rest.append(t)
+                rest_at.append(i)
+        if plain:
+            for i, b in zip(plain_at, self._encode_plain(plain)):
+                out[i] = b
+        if rest:
+            for i, b in zip(rest_at, self._encode_chunked(rest)):
+                out[i] = b
+        return out
+
+    def _plain_ascii(self, t: str) -> bool:
+        """ASCII `t` has no control character (other than \t \n \r) and no added token."""
+        if _ASCII_CONTROL.search(t) is not None:
+            return False
+        return self.added_re is None or self.added_re.search(t.lower()) is None
+
+    def _encode_plain(self, texts: list[str]) -> list[bytes]:
+        """Printable ASCII: normalize = lowercase (or nothing), pre-tokenize = one regex, words cached."""
+        words_re = self.plain_re
+        word_lists = [words_re.findall(t.lower() if self.lowercase else t) for t in texts]
+        self._add_words(set().union(*word_lists))
+        get = self.words.__getitem__
+        return [b"".join(map(get, ws)) for ws in word_lists]
+
+    def _add_words(self, distinct: set[str]) -> None:
+        words = self.words
+        missing = distinct.difference(words)
+        if not missing:
+            return
+        if len(words) + len(missing) > self.max_entries:
+            words.clear()
+            missing = distinct
+        code, tokenize = self.code, self.model.tokenize
+        for w in missing:
+            words[w] = array.array(code, [t.id for t in tokenize(w)]).tobytes()
+
+    def _encode_chunked(self, texts: list[str]) -> list[bytes]:
         split = [_CHUNK.findall(t) for t in texts]
         cache = self.chunks
         distinct = set().union(*split)
@@ -114,26 +161,13 @@ class CachedEncoder:
         return [b"".join(map(get, cs)) for cs in split]
 
     def _fill(self, missing: set[str]) -> None:
-        cache, words = self.chunks, self.words
-        if len(words) > self.max_entries:
-            words.clear()
-        lower, words_re, added_re, control = self.lowercase, self.words_re, self.added_re, _ASCII_CONTROL
-        full: list[str] = []
-        for c in missing:
-            if c.isascii() and control.search(c) is None:
-                low = c.lower()
-                if added_re is None or added_re.search(low) is None:
-                    parts = []
-                    for w in words_re.findall(low if lower else c):
-                        ids = words.get(w)
-                        if ids is None:
-                            ids = words[w] = array.array(self.code, [t.id for t in self.model.tokenize(w)]).tobytes()
-                        parts.append(ids)
-                    cache[c] = b"".join(parts)
-                    continue
-            full.append(c)
+        plain = [c for c in missing if c.isascii() and self._plain_ascii(c)]
+        if plain:
+            for c, b in zip(plain, self._encode_plain(plain)):
+                self.chunks[c] = b
+        full = sorted(missing.difference(plain))
         if full:
-            self._fill_full(sorted(full))
+            self._fill_full(full)
 
     def _fill_full(self, chunks: list[str]) -> None:
         """Chunks the ASCII shortcut does not cover: one real `encode` of them all, split by offsets."""

@@ -53,3 +53,17 @@ def test_written_tar_reads_back(tmp_path):
         names = tar.getnames()
         assert names[0] == "d000000000003.ids.npy" and len(names) == 6
         assert np.load(io.BytesIO(tar.extractfile(names[2]).read())).tolist() == list(range(300))
+
+
+def test_sentence_candidate_regex_equals_its_plain_form():
+    import re
+
+    from pretrain.prepare.sentences import _CANDIDATE
+
+    plain = re.compile(r"""([.!?]+|\u2026)(["'\u201d\u2019)\]]*)(\s+)(?=["'\u201c\u2018(\[]*[A-Z0-9\u00c0-\u00de])""")
+    rng = random.Random(0)
+    alphabet = list(".!?\u2026\"'\u201d\u2019)] ([\u201c\u2018Aa1\u00e9\n\xa0") + ["\u2026.", "..", " . "]
+    spans = lambda r, t: [(m.span(1), m.span(2), m.span(3)) for m in r.finditer(t)]
+    for _ in range(30000):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(30)))
+        assert spans(_CANDIDATE, text) == spans(plain, text), text
