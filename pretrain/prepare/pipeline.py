@@ -247,12 +247,11 @@ def _tokenize_and_shard(cfg: PrepareConfig, files: list[InputFile], tok: Tokeniz
         file_stats[file_idx].skipped[reason] += 1
 
     def consume(meta, results: list[encode.Encoded]) -> None:
-        file_idx, lines = meta
-        for line, res in zip(lines, results):
+        file_idx, lines, splits = meta
+        for line, split, res in zip(lines, splits, results):
             if res.sentences == 0:
                 skip(file_idx, line, res.doc_id, EMPTY_DOCUMENT)
                 continue
-            split = split_of(res.doc_id)
             st = split_stats[split]
             st.documents += 1
             st.sentences += res.sentences
@@ -268,23 +267,26 @@ def _tokenize_and_shard(cfg: PrepareConfig, files: list[InputFile], tok: Tokeniz
         for file_idx, file in enumerate(files):
             docs: list[tuple[int, str]] = []
             lines: list[int] = []
+            splits: list[str] = []
             size = 0
             for rec in read_records(file, cfg.format, cfg.max_document_chars, cfg.invalid_utf8, bar.update):
                 rid, doc_id = doc_id, doc_id + 1
-                split_stats[split_of(rid)].records += 1
+                split = split_of(rid)
+                split_stats[split].records += 1
                 file_stats[file_idx].records += 1
                 if rec.text is None:
                     skip(file_idx, rec.line, rid, rec.skip)
                     continue
                 docs.append((rid, rec.text))
                 lines.append(rec.line)
+                splits.append(split)
                 size += len(rec.text)
                 if size >= cfg.chunk_bytes:
-                    for m, r in pool.submit((file_idx, lines), docs):
+                    for m, r in pool.submit((file_idx, lines, splits), docs):
                         consume(m, r)
-                    docs, lines, size = [], [], 0
+                    docs, lines, splits, size = [], [], [], 0
             if docs:
-                for m, r in pool.submit((file_idx, lines), docs):
+                for m, r in pool.submit((file_idx, lines, splits), docs):
                     consume(m, r)
         for m, r in pool.drain():
             consume(m, r)

@@ -90,8 +90,26 @@ class CachedEncoder:
         forms.discard("")
         self.added_re = re.compile("|".join(re.escape(f) for f in sorted(forms))) if forms else None
         self.model = tok.model
+        self.max_word_chars = int((state.get("model") or {}).get("max_input_chars_per_word", 100))
         self.chunks: dict[str, bytes] = {}
         self.words: dict[str, bytes] = {}
+        self._vocab_words: dict[str, bytes] = {}
+        if self.reason is None:
+            self._vocab_words = self._words_in_vocab(tok)
+            self.words.update(self._vocab_words)
+
+    def _words_in_vocab(self, tok: Tokenizer) -> dict[str, bytes]:
+        """Pre-tokenized words that are vocab entries: WordPiece maps each to its own id.
+
+        Greedy longest-match-first tries the whole word first, so a word of at most
+        max_input_chars_per_word characters that is in the vocab is that one token. These are the
+        frequent words, so a worker's word cache starts warm instead of calling the model for each.
+        """
+        out = {}
+        for w, i in tok.get_vocab(with_added_tokens=False).items():
+            if w.isascii() and len(w) <= self.max_word_chars and self.plain_re.fullmatch(w) is not None:
+                out[w] = array.array(self.code, [i]).tobytes()
+        return out
 
     @property
     def cached(self) -> bool:
@@ -106,13 +124,16 @@ class CachedEncoder:
         out: list[bytes] = [b""] * len(texts)
         # Printable-ASCII texts (the bulk of English text) go straight to words; the rest by chunks.
         plain, plain_at, rest, rest_at = [], [], [], []
+        lowercase, control, added_re = self.lowercase, _ASCII_CONTROL, self.added_re
         for i, t in enumerate(texts):
-            if t.isascii() and self._plain_ascii(t):
-                plain.append(t)
-                plain_at.append(i)
-            else:
-                rest.append(t)
-                rest_at.append(i)
+            if t.isascii() and control.search(t) is None:
+                norm = t.lower() if lowercase else t
+                if added_re is None or added_re.search(norm if lowercase else t.lower()) is None:
+                    plain.append(norm)
+                    plain_at.append(i)
+                    continue
+            rest.append(t)
+            rest_at.append(i)
         if plain:
             for i, b in zip(plain_at, self._encode_plain(plain)):
                 out[i] = b
@@ -122,15 +143,15 @@ class CachedEncoder:
         return out
 
     def _plain_ascii(self, t: str) -> bool:
-        """ASCII `t` has no control character (other than \t \n \r) and no added token."""
+        """ASCII `t` has no control character (other than \\t \\n \\r) and no added token."""
         if _ASCII_CONTROL.search(t) is not None:
             return False
         return self.added_re is None or self.added_re.search(t.lower()) is None
 
-    def _encode_plain(self, texts: list[str]) -> list[bytes]:
-        """Printable ASCII: normalize = lowercase (or nothing), pre-tokenize = one regex, words cached."""
+    def _encode_plain(self, normalized: list[str]) -> list[bytes]:
+        """Printable ASCII, already lowercased if the tokenizer does: pre-tokenize = one regex."""
         words_re = self.plain_re
-        word_lists = [words_re.findall(t.lower() if self.lowercase else t) for t in texts]
+        word_lists = [words_re.findall(t) for t in normalized]
         self._add_words(set().union(*word_lists))
         get = self.words.__getitem__
         return [b"".join(map(get, ws)) for ws in word_lists]
@@ -142,7 +163,8 @@ class CachedEncoder:
             return
         if len(words) + len(missing) > self.max_entries:
             words.clear()
-            missing = distinct
+            words.update(self._vocab_words)
+            missing = distinct.difference(words)
         code, tokenize = self.code, self.model.tokenize
         for w in missing:
             words[w] = array.array(code, [t.id for t in tokenize(w)]).tobytes()
@@ -163,7 +185,8 @@ class CachedEncoder:
     def _fill(self, missing: set[str]) -> None:
         plain = [c for c in missing if c.isascii() and self._plain_ascii(c)]
         if plain:
-            for c, b in zip(plain, self._encode_plain(plain)):
+            normalized = [c.lower() for c in plain] if self.lowercase else plain
+            for c, b in zip(plain, self._encode_plain(normalized)):
                 self.chunks[c] = b
         full = sorted(missing.difference(plain))
         if full:

@@ -10,6 +10,7 @@ the corpus size; the output depends only on (seed, documents), not on worker cou
 """
 from __future__ import annotations
 
+import functools
 import os
 import random
 import struct
@@ -34,13 +35,18 @@ def mix64(x: int) -> int:
     return x ^ (x >> 31)
 
 
+@functools.lru_cache(maxsize=64)
+def _seed_mix(seed: int) -> int:
+    return mix64(seed)
+
+
 def is_valid(doc_id: int, seed: int, fraction: float) -> bool:
     """Train/valid assignment by a seeded hash of the doc id (not by position or worker)."""
-    return (mix64(mix64(seed) ^ doc_id) >> 11) / float(1 << 53) < fraction
+    return (mix64(_seed_mix(seed) ^ doc_id) >> 11) / float(1 << 53) < fraction
 
 
 def bucket_of(doc_id: int, seed: int, n_buckets: int) -> int:
-    return mix64(mix64(seed + 0x5BD1E995) ^ doc_id) % n_buckets
+    return mix64(_seed_mix(seed + 0x5BD1E995) ^ doc_id) % n_buckets
 
 
 @dataclass
@@ -94,7 +100,7 @@ class BucketSpill:
             return
         size = os.path.getsize(path)
         if size <= max_bytes or level > 8:
-            records = list(_iter_records(path))
+            records = _load_records(path)
             os.remove(path)
             yield records
             return
@@ -125,6 +131,19 @@ def _iter_records(path: str) -> Iterator[bytes]:
                 return
             _, _, _, la, lb = RECORD_HEADER.unpack(head)
             yield head + f.read(la + lb)
+
+
+def _load_records(path: str) -> list[bytes]:
+    """All records of a bucket file that fits in memory: one read, split in place."""
+    with open(path, "rb") as f:
+        data = f.read()
+    out, pos, end, hsize, unpack = [], 0, len(data), RECORD_HEADER.size, RECORD_HEADER.unpack_from
+    while pos < end:
+        _, _, _, la, lb = unpack(data, pos)
+        nxt = pos + hsize + la + lb
+        out.append(data[pos:nxt])
+        pos = nxt
+    return out
 
 
 def _stream(spill: BucketSpill, seed: int, split: str, max_bucket_bytes: int) -> Iterator[bytes]:
