@@ -19,7 +19,7 @@ tokenizer's JSON; any other tokenizer uses `encode_batch_fast` directly):
   - any other new chunk (non-ASCII, control characters, added tokens) goes through the complete
     `tokenizers` pipeline: all such chunks of a batch joined by spaces in one `encode` call, and the
     ids are assigned back to chunks by their character offsets.
-The caches are bounded (cleared when full), so memory does not grow with the corpus, and they
+The caches are bounded (cleared when full, between batches), so memory does not grow with the corpus, and they
 never change a result, so the output does not depend on which worker saw what first.
 `tests/prepare/test_tokencache.py` compares against `encode_batch_fast` on adversarial text.
 """
@@ -121,6 +121,13 @@ class CachedEncoder:
         if not self.cached:
             return [array.array(self.code, e.ids).tobytes()
                     for e in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+        # Bounded memory: caches start over when full, only between batches (a batch's lookups
+        # must find what it added). A batch adds at most its own distinct chunks/words.
+        if len(self.chunks) > self.max_entries:
+            self.chunks.clear()
+        if len(self.words) > self.max_entries + len(self._vocab_words):
+            self.words.clear()
+            self.words.update(self._vocab_words)
         out: list[bytes] = [b""] * len(texts)
         # Printable-ASCII texts (the bulk of English text) go straight to words; the rest by chunks.
         plain, plain_at, rest, rest_at = [], [], [], []
@@ -149,36 +156,37 @@ class CachedEncoder:
         return self.added_re is None or self.added_re.search(t.lower()) is None
 
     def _encode_plain(self, normalized: list[str]) -> list[bytes]:
-        """Printable ASCII, already lowercased if the tokenizer does: pre-tokenize = one regex."""
-        words_re = self.plain_re
-        word_lists = [words_re.findall(t) for t in normalized]
-        self._add_words(set().union(*word_lists))
-        get = self.words.__getitem__
-        return [b"".join(map(get, ws)) for ws in word_lists]
+        """Printable ASCII, already lowercased if the tokenizer does.
+
+        Whitespace here is only ' ', \\t, \\n, \\r, so `str.split` finds the chunks; a new chunk is
+        pre-tokenized by one regex (runs of letters/digits, every other character alone) into words.
+        """
+        chunk_lists = [t.split() for t in normalized]
+        cache = self.chunks
+        missing = list(set().union(*chunk_lists).difference(cache))
+        if missing:
+            words_re = self.plain_re
+            word_lists = [words_re.findall(c) for c in missing]
+            self._add_words(set().union(*word_lists))
+            get = self.words.__getitem__
+            for c, ws in zip(missing, word_lists):
+                cache[c] = b"".join(map(get, ws))
+        get = cache.__getitem__
+        return [b"".join(map(get, cs)) for cs in chunk_lists]
 
     def _add_words(self, distinct: set[str]) -> None:
         words = self.words
         missing = distinct.difference(words)
-        if not missing:
-            return
-        if len(words) + len(missing) > self.max_entries:
-            words.clear()
-            words.update(self._vocab_words)
-            missing = distinct.difference(words)
         code, tokenize = self.code, self.model.tokenize
         for w in missing:
             words[w] = array.array(code, [t.id for t in tokenize(w)]).tobytes()
 
     def _encode_chunked(self, texts: list[str]) -> list[bytes]:
         split = [_CHUNK.findall(t) for t in texts]
-        cache = self.chunks
-        distinct = set().union(*split)
-        missing = distinct.difference(cache)
+        missing = set().union(*split).difference(self.chunks)
         if missing:
-            if len(cache) + len(missing) > self.max_entries:
-                cache.clear()
-                missing = distinct
             self._fill(missing)
+        cache = self.chunks
         get = cache.__getitem__
         return [b"".join(map(get, cs)) for cs in split]
 
