@@ -33,8 +33,8 @@ def preflight(cfg: DictConfig) -> None:
                 f"{os.path.join(cfg.data.path, MANIFEST_NAME)} has no split {split!r} (has {sorted(manifest.splits)})"
             )
     _check_precision(cfg)
-    if cfg.model.init_from and not os.path.isdir(cfg.model.init_from):
-        raise ConfigError(f"config key 'model.init_from' = {cfg.model.init_from!r}: no such directory")
+    if cfg.model.init_from:
+        check_init_tokenizer(cfg.model.init_from, manifest, cfg.data.path)
 
 
 def _check_precision(cfg: DictConfig) -> None:
@@ -59,3 +59,22 @@ def _check_precision(cfg: DictConfig) -> None:
         check_device_dtype(cfg.precision.dtype)
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
+
+
+def check_init_tokenizer(init_from: str, manifest, data_path: str) -> None:
+    """Continued pretraining must read shards made with the model's own tokenizer: same ids."""
+    from tokenizers import Tokenizer
+
+    from pretrain.shardformat import tokenizer_fingerprint
+    from pretrain.train.config import ConfigError
+
+    if not os.path.isdir(init_from):
+        raise ConfigError(f"config key 'model.init_from' = {init_from!r}: no such directory")
+    path = os.path.join(init_from, "tokenizer.json")
+    if not os.path.isfile(path):
+        raise ConfigError(f"config key 'model.init_from' = {init_from!r} has no tokenizer.json to check the data against")
+    if tokenizer_fingerprint(Tokenizer.from_file(path)) != manifest.tokenizer_sha256:
+        raise ConfigError(
+            f"{path} differs from the tokenizer of the data in {data_path}; "
+            f"prepare the data with tokenizer.path={path}"
+        )

@@ -74,3 +74,33 @@ def test_other_model_shape_is_refused_then_fresh_moves_the_old_run_aside(tmp_pat
     assert result.returncode == 0, result.stderr[-2000:]
     assert "resumed" not in result.stdout
     assert any(p.startswith("f.old-") for p in os.listdir(tmp_path / "runs"))
+
+
+def test_continued_pretraining_from_an_export_checks_the_tokenizer(tmp_path, tiny_data):
+    import shutil
+
+    from pretrain.hf.export import export_hf
+    from pretrain.model import ModelConfig, build_model
+    from pretrain.shardformat import load_manifest
+
+    manifest = load_manifest(tiny_data)
+    cfg = ModelConfig(vocab_size=manifest.vocab_size, hidden_size=128, num_layers=2, num_heads=2,
+                      intermediate_size=512, max_position_embeddings=512)
+    export = tmp_path / "hf"
+    export_hf(build_model(cfg), cfg, manifest.tokenizer_file, str(export))
+    ok = _launch(tmp_path, "run.name=c", f"model.init_from={export}", "trainer.max_steps=2", "cluster.nproc=1",
+                 data=tiny_data)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+    other = tmp_path / "other"
+    shutil.copytree(export, other)
+    import json
+    tok = json.loads((other / "tokenizer.json").read_text())
+    vocab = tok["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[10:12]
+    vocab[a], vocab[b] = vocab[b], vocab[a]  # same size, different ids
+    (other / "tokenizer.json").write_text(json.dumps(tok))
+    bad = _launch(tmp_path, "run.name=c2", f"model.init_from={other}", "trainer.max_steps=2", "cluster.nproc=1",
+                  data=tiny_data)
+    lines = [line for line in bad.stderr.splitlines() if line.strip()]
+    assert bad.returncode == 2 and len(lines) == 1 and "tokenizer" in lines[0], bad.stderr
