@@ -35,12 +35,22 @@ class Encoded:
     record: bytes       # RECORD_HEADER + ids.npy + sents.npy, b"" when skipped
 
 
-def init_worker(tokenizer_json: str, vocab_size: int) -> None:
-    """Pool initializer: one tokenizer per process, single-threaded (the pool is the parallelism)."""
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+def load_state(tokenizer_json: str, vocab_size: int) -> None:
+    """Build this process's encoder (with fork, the parent does it once and workers inherit it)."""
     dtype = ids_dtype(vocab_size)
     _STATE["encoder"] = CachedEncoder(Tokenizer.from_str(tokenizer_json), dtype)
     _STATE["dtype"] = dtype
+
+
+def init_worker(tokenizer_json: str, vocab_size: int) -> None:
+    """Pool initializer: one tokenizer per process, single-threaded (the pool is the parallelism)."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    load_state(tokenizer_json, vocab_size)
+
+
+def init_forked_worker() -> None:
+    """Pool initializer under fork: the encoder came with the fork; just stay single-threaded."""
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 
 def encode_chunk(docs: list[tuple[int, str]]) -> list[Encoded]:

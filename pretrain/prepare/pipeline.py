@@ -80,7 +80,17 @@ class Summary:
         ]
 
 
+class _NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _progress(cfg: PrepareConfig, total: int, desc: str):
+    if not cfg.progress:
+        return _NoProgress()  # and no tqdm import (~0.1 s)
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
@@ -142,8 +152,12 @@ class _Pool:
             previous = os.environ.get("TOKENIZERS_PARALLELISM")
             os.environ["TOKENIZERS_PARALLELISM"] = "false"
             try:
-                self.pool = mp.get_context(method).Pool(
-                    n_workers, initializer=encode.init_worker, initargs=(tokenizer_json, vocab_size))
+                if method == "fork":  # build the encoder once, here; workers inherit it
+                    encode.load_state(tokenizer_json, vocab_size)
+                    init, args = encode.init_forked_worker, ()
+                else:
+                    init, args = encode.init_worker, (tokenizer_json, vocab_size)
+                self.pool = mp.get_context(method).Pool(n_workers, initializer=init, initargs=args)
             finally:
                 if previous is None:
                     os.environ.pop("TOKENIZERS_PARALLELISM", None)
@@ -169,11 +183,13 @@ class _Pool:
         if self.pool is not None:
             self.pool.close()
             self.pool.join()
+        encode._STATE.clear()
 
     def terminate(self) -> None:
         if self.pool is not None:
             self.pool.terminate()
             self.pool.join()
+        encode._STATE.clear()
 
 
 def run(cfg: PrepareConfig, echo: Callable[[str], None] = print) -> Summary:

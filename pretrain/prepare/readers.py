@@ -214,7 +214,7 @@ def _text_record(lineno: int, parts: list[bytes], max_chars: int, utf8: str) -> 
 def _checked(lineno: int, text: str, max_chars: int) -> Record:
     if len(text) > max_chars:
         return Record(lineno, skip=DOCUMENT_TOO_LONG)
-    if not text.strip():
+    if not text or text.isspace():  # == not text.strip(), without copying the text
         return Record(lineno, skip=EMPTY_DOCUMENT)
     return Record(lineno, text=text)
 
