@@ -1,9 +1,16 @@
-"""Data benchmarks. One function per measurement; `main()` runs them all and prints a table.
+"""Data benchmarks: `pretrain-prepare` and the training loader. `main()` runs them all, one table.
 
-Prepare part: throughput of `pretrain-prepare` in MB of raw (uncompressed) text per second per
-core on the offline demo corpus (median of 3 runs, tokenizer reused so only the streaming
-split/tokenize/shard path is timed; tokenizer training timed separately), and peak RSS at 1x and
-4x the corpus. Run: `.venv/bin/python bench/data.py` (the loader part is added by its owner).
+Prepare: throughput in MB of raw (uncompressed) text through split+tokenize+shard on the offline
+demo corpus, tokenizer reused (training timed separately); median of 3 runs, each in a fresh
+subprocess that times `run()` only, wall and CPU seconds (itself + its workers: the per-core rate,
+robust to a busy machine). With ``--baseline ROOT`` (a directory holding an older `pretrain`
+package, e.g. ``mkdir /tmp/old && git archive <rev> pretrain | tar -x -C /tmp/old``) the old code
+is timed the same way, runs interleaved, and its output checked byte-identical. Peak RSS at 1x and 4x.
+Loader: real tokens/s delivered into batches by `build_train_loader` with 0/1/2 workers (synthetic
+prepared data unless a directory is given; clock starts after the first batch).
+
+  .venv/bin/python bench/data.py [--baseline ROOT]          # everything
+  .venv/bin/python bench/data.py --loader [prepared_dir]    # loader part only
 """
 from __future__ import annotations
 
@@ -64,34 +71,67 @@ def bench_tokenizer_training(workdir: str) -> dict:
     return {"name": "prepare: tokenizer training (vocab 8000)", "value": f"{dt:.2f} s ({mb / dt:.2f} MB/s)"}
 
 
-def bench_prepare_throughput(workdir: str, runs: int = 3) -> dict:
-    """Median MB/s of raw text through split+tokenize+shard, divided by the worker count."""
-    from pretrain.prepare.pipeline import run
+_RUN_SCRIPT = """
+import json, resource, sys, time
+sys.path.insert(0, sys.argv[1])
+from pretrain.prepare.config import validate_config
+from pretrain.prepare.pipeline import run
+def cpu():
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+cfg = validate_config(json.loads(sys.argv[2]))
+c, t = cpu(), time.perf_counter()
+run(cfg, echo=lambda line: None)
+print(json.dumps({"wall": time.perf_counter() - t, "cpu": cpu() - c}))
+"""
 
+
+def _timed_run(root: str, raw_cfg: dict) -> dict:
+    r = subprocess.run([sys.executable, "-c", _RUN_SCRIPT, root, json.dumps(raw_cfg)], cwd=tempfile.gettempdir(),
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _tree_bytes(root: str) -> dict:
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            if n != "manifest.json":
+                with open(os.path.join(dirpath, n), "rb") as f:
+                    out[os.path.relpath(os.path.join(dirpath, n), root)] = f.read()
+    return out
+
+
+def bench_prepare_throughput(workdir: str, runs: int = 3, baseline: str | None = None) -> list[dict]:
+    """Median MB/s of raw text through split+tokenize+shard (wall, per core, per CPU-second)."""
     paths = _demo(workdir)
     tok = os.path.join(workdir, "tokenizer.json")
     workers = os.cpu_count() or 1
     mb = _raw_text_bytes(paths) / 1e6
-    times, cpu = [], []
-    for i in range(runs):
-        cfg = _cfg(paths, os.path.join(workdir, "out"), num_workers=workers, tokenizer={"path": tok})
-        c0 = _cpu_seconds()
-        t = time.perf_counter()
-        run(cfg, echo=lambda line: None)
-        times.append(time.perf_counter() - t)
-        cpu.append(_cpu_seconds() - c0)
-    med = statistics.median(times)
-    # CPU seconds (this process + reaped workers) per MB: the per-core rate, robust to a busy machine.
-    return {"name": f"prepare: throughput ({mb:.1f} MB text, {workers} workers, median of {runs})",
-            "value": f"{mb / med:.2f} MB/s wall, {mb / med / workers:.2f} MB/s per core (wall), "
-                     f"{mb / statistics.median(cpu):.2f} MB per CPU-second"}
-
-
-def _cpu_seconds() -> float:
-    import resource
-
-    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+    roots = {"new": REPO} if baseline is None else {"new": REPO, "old": baseline}
+    results: dict[str, list[dict]] = {k: [] for k in roots}
+    for _ in range(runs):
+        for name, root in roots.items():  # interleaved: both see the same machine load
+            raw = {"input": paths, "output": os.path.join(workdir, f"out-{name}"), "overwrite": True,
+                   "progress": False, "validation_fraction": 0.01, "num_workers": workers,
+                   "tokenizer": {"path": tok}}
+            results[name].append(_timed_run(root, raw))
+    rows = []
+    med = {}
+    for name in roots:
+        wall = statistics.median(r["wall"] for r in results[name])
+        cpu = statistics.median(r["cpu"] for r in results[name])
+        med[name] = (wall, cpu)
+        label = "" if baseline is None else f" [{name} code]"
+        rows.append({"name": f"prepare: throughput{label} ({mb:.1f} MB text, {workers} workers, median of {runs})",
+                     "value": f"{mb / wall:.2f} MB/s wall, {mb / wall / workers:.2f} MB/s per core (wall), "
+                              f"{mb / cpu:.2f} MB per CPU-second"})
+    if baseline is not None:
+        same = _tree_bytes(os.path.join(workdir, "out-new")) == _tree_bytes(os.path.join(workdir, "out-old"))
+        rows.append({"name": "prepare: new vs old code",
+                     "value": f"{med['old'][0] / med['new'][0]:.1f}x wall, {med['old'][1] / med['new'][1]:.1f}x CPU; "
+                              f"shards + tokenizer {'byte-identical' if same else 'DIFFER'}"})
+    return rows
 
 
 _RSS_SCRIPT = """
@@ -118,22 +158,70 @@ def bench_prepare_peak_rss(workdir: str, copies: int) -> dict:
             "value": f"main {rss['self'] / 1024:.0f} MB, largest worker {rss['children'] / 1024:.0f} MB"}
 
 
-def prepare_benchmarks() -> list[dict]:
+def prepare_benchmarks(baseline: str | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as workdir:
         return [
             bench_tokenizer_training(workdir),
-            bench_prepare_throughput(workdir),
+            *bench_prepare_throughput(workdir, baseline=baseline),
             bench_prepare_peak_rss(workdir, 1),
             bench_prepare_peak_rss(workdir, 4),
         ]
 
 
-def main() -> None:
-    rows = prepare_benchmarks()
+def loader_throughput(prepared_dir: str, workers: int, batches: int = 300, max_seq_len: int = 128,
+                      micro_batch_size: int = 32, masking: str = "token", sentence_task: str = "sop") -> float:
+    """Real (non-pad) tokens per second yielded by one rank's training loader (steady state)."""
+    import itertools
+
+    from pretrain.data import build_train_loader
+    from pretrain.data.config import DataConfig, ObjectiveConfig
+
+    data = DataConfig(path=prepared_dir, max_seq_len=max_seq_len, micro_batch_size=micro_batch_size,
+                      num_workers=workers)
+    obj = ObjectiveConfig(masking=masking, sentence_task=sentence_task)
+    it = iter(build_train_loader(data, obj, 0, 1))
+    next(it)  # worker start-up excluded
+    tokens, start = 0, time.perf_counter()
+    for batch in itertools.islice(it, batches):
+        tokens += int(batch["attention_mask"].sum())
+    return tokens / (time.perf_counter() - start)
+
+
+def loader_benchmarks(prepared_dir: str | None = None) -> list[dict]:
+    """Loader tokens/s for 0/1/2 workers x (token/sop, whole_word/sop, span/nsp); max_seq_len 128, batch 32."""
+    with tempfile.TemporaryDirectory() as workdir:
+        if prepared_dir is None:
+            from pretrain.data.synthetic import write_prepared
+
+            prepared_dir = write_prepared(os.path.join(workdir, "prepared"), {"train": 8, "valid": 1}, docs_per_shard=150)
+        rows = []
+        for masking, task in (("token", "sop"), ("whole_word", "sop"), ("span", "nsp")):
+            for workers in (0, 1, 2):
+                tps = loader_throughput(prepared_dir, workers, masking=masking, sentence_task=task)
+                rows.append({"name": f"loader: {workers} workers, {masking} masking, {task} (tokens/s)",
+                             "value": f"{tps:,.0f}"})
+        return rows
+
+
+def _print_table(rows: list[dict]) -> None:
     width = max(len(r["name"]) for r in rows)
     print(f"{'measurement':<{width}}  result")
     for r in rows:
-        print(f"{r['name']:<{width}}  {r['value']}")
+        print(f"{r['name']:<{width}}  {r['value']}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline", help="directory holding an older `pretrain` package to time side by side")
+    ap.add_argument("--loader", nargs="?", const="", metavar="PREPARED_DIR",
+                    help="loader part only (synthetic data unless PREPARED_DIR)")
+    args = ap.parse_args(argv)
+    if args.loader is not None:
+        _print_table(loader_benchmarks(args.loader or None))
+        return
+    _print_table(prepare_benchmarks(args.baseline) + loader_benchmarks())
 
 
 if __name__ == "__main__":
