@@ -70,7 +70,7 @@ def why_not_cacheable(tok: Tokenizer) -> Optional[str]:
 class CachedEncoder:
     """``encode(texts)`` -> per text, the native-order bytes of its token ids (no special tokens)."""
 
-    def __init__(self, tok: Tokenizer, dtype, max_entries: int = 1 << 18):
+    def __init__(self, tok: Tokenizer, dtype, max_entries: int = 1 << 17):
         self.tok = tok
         self.dtype = np.dtype(dtype)
         self.code = _ARRAY_CODE[self.dtype]
