@@ -22,8 +22,8 @@
    taken at the first log, before any checkpoint save) vs the ZeRO paper's model-state bytes
    (mixed precision, K=12: stage0 (2+2+K)P, stage1 (2+2+K/N)P, stage2 (2+(2+K)/N)P,
    stage3 (2+2+K)P/N; fp32: 4+4+8 partitioned the same way). The RSS baseline (a process that
-   imports torch + deepspeed + our trainer, initialises the process group and pulls a batch) is
-   measured and subtracted.
+   imports torch + deepspeed + our trainer, initialises the process group and pulls a batch;
+   current RSS, see current_rss_gb) is measured and subtracted.
 3. Checkpoint save: the trainer's own timing ("saved checkpoint <dir> in X.Xs", rank 0) of the
    memory runs (a save every 2 steps) vs `torch.save` of the same objects (every .pt file of the
    checkpoint loaded with torch.load(weights_only=False) and re-saved serially, one process).
@@ -160,6 +160,17 @@ def plain_worker(spec: dict) -> dict:
             "wall_s": time.perf_counter() - t_start, "final_loss": losses[-1]}
 
 
+def current_rss_gb() -> float:
+    """VmRSS now. Used for the baseline instead of ru_maxrss: Linux carries the high-water mark of
+    the process that forked us across execve, so a child of this (large) orchestrator would
+    report the orchestrator's RSS."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 2**20
+    return max_rss_gb()
+
+
 def baseline_worker(spec: dict) -> dict:
     """RSS of a rank without model states: imports, process group (world 1), loader + one batch."""
     import torch  # noqa: F401
@@ -171,7 +182,7 @@ def baseline_worker(spec: dict) -> dict:
     from pretrain.data import build_train_loader
     from pretrain.data.config import DataConfig, ObjectiveConfig
 
-    out = {"imports_gb": max_rss_gb()}
+    out = {"imports_gb": current_rss_gb()}
     try:
         init_distributed(detect())
     except Exception as e:  # noqa: BLE001 - report, still measure the rest
@@ -179,11 +190,11 @@ def baseline_worker(spec: dict) -> dict:
     data_cfg = DataConfig(**{**load_yaml("data", "default"), "path": spec["data"],
                              "micro_batch_size": spec["micro_batch"]})
     next(iter(build_train_loader(data_cfg, ObjectiveConfig(**load_yaml("objective", "mlm_sop")), 0, 1)))
-    out["baseline_gb"] = max_rss_gb()
+    out["baseline_gb"] = current_rss_gb()
     from pretrain.model import build_model
 
-    build_model(model_config(spec["model"], manifest_vocab(spec["data"])))
-    out["with_fp32_model_gb"] = max_rss_gb()
+    model = build_model(model_config(spec["model"], manifest_vocab(spec["data"])))  # noqa: F841 (kept alive)
+    out["with_fp32_model_gb"] = current_rss_gb()
     return out
 
 
