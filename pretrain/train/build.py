@@ -9,7 +9,6 @@ from typing import Any, Callable
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from parallel.topology import all_gather_object, all_reduce_sum, barrier, is_main
 from parallel.engine import build_engine
 from parallel.checkpoint import CheckpointError, validate_checkpoint
 from parallel.topology import detect, init_distributed

@@ -174,6 +174,11 @@ def _check_relations(cfg: DictConfig) -> None:
         raise ConfigError("config: set at least one budget: trainer.max_steps, trainer.max_tokens or trainer.max_time")
     if t.max_time is not None:
         parse_duration(t.max_time)
+    if t.max_steps is None and cfg.schedule.total_steps is None:
+        raise ConfigError(
+            "config: trainer.max_steps is null, so set schedule.total_steps (the number of steps the "
+            "warmup + decay schedule spans) for a token- or time-budgeted run"
+        )
     if cfg.parallel.pipeline_stages > 1 and cfg.parallel.zero_stage > 1:
         raise ConfigError(
             f"config: parallel.pipeline_stages={cfg.parallel.pipeline_stages} needs parallel.zero_stage <= 1 "

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import os
 import time
-
-import torch
 from dataclasses import asdict, dataclass, field
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from parallel.topology import all_gather_object, all_reduce_sum, barrier, is_main
@@ -18,7 +17,6 @@ from pretrain.data import merge_cursors
 from pretrain.train import checkpoints
 from pretrain.train.budget import Budget
 from pretrain.train.build import build_everything
-from pretrain.train.config import config_hash
 from pretrain.train.evaluate import evaluate
 from pretrain.train.preemption import PreemptionFlag
 from pretrain.train.progress import Progress
@@ -59,9 +57,11 @@ def train(cfg: DictConfig, run_dir: str) -> None:
             recorder.record(state.step + 1, micro)
         counts = torch.tensor(
             [sum(int(b["attention_mask"].sum()) for b in micro), sum(len(b["input_ids"]) for b in micro),
-             float(preempt.local)], dtype=torch.float64,
+             float(preempt.local), float(budget.out_of_time())], dtype=torch.float64,
         )
-        tokens, samples, preempted = (int(v) for v in all_reduce_sum(counts).tolist())
+        # One all-reduce carries the counts and every rank-local reason to stop, so all ranks
+        # take the same branch below (a lone rank checkpointing would hang the others).
+        tokens, samples, preempted, out_of_time = (int(v) for v in all_reduce_sum(counts).tolist())
         state.step += 1
         state.consumed_tokens += tokens
         state.consumed_samples += samples
@@ -72,7 +72,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
             meter.reset()
         if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
             run_eval(engine, parts, cfg, tracker, state.step, log)
-        stop_reason = budget.exhausted(state.step, state.consumed_tokens)
+        stop_reason = budget.exhausted(state.step, state.consumed_tokens, out_of_time > 0)
         if preempted:
             stop_reason = "preempted by a signal"
         if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:

@@ -74,3 +74,14 @@ def test_sigterm_saves_then_exits_and_one_rank_resumes_with_exactly_once_data(tm
     examples = [(epoch, doc, ex) for _step, epoch, doc, ex in seen]
     assert len(examples) == len(set(examples)), "an example was trained on twice within the epoch"
     assert {step for step, *_ in seen} == set(range(1, stopped + 5))
+
+
+def test_wall_clock_budget_stops_all_ranks_together(tmp_path, tiny_data):
+    """max_time is measured per process; the ranks must still agree on the step they stop at."""
+    root = str(tmp_path / "runs")
+    result = launch(root, tiny_data, "t", "cluster.nproc=2", "parallel=zero2", "trainer.max_steps=null",
+                    "schedule.total_steps=1000", "trainer.max_time=6", "trainer.checkpoint_every=1000")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "max_time=6s" in result.stdout
+    last = max(losses(os.path.join(root, "t")))
+    assert latest(os.path.join(root, "t")) == f"step_{last:06d}"

@@ -35,6 +35,7 @@ def test_presets_compose_and_validate():
         ("data.max_seq_len=100000", "data.max_seq_len"),
         ("model.num_heads=5", "model.num_heads"),
         ("trainer.max_steps=ten", "max_steps"),
+        ("trainer.max_steps=null", "schedule.total_steps"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):
