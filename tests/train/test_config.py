@@ -35,7 +35,7 @@ def test_presets_compose_and_validate():
         ("data.max_seq_len=100000", "data.max_seq_len"),
         ("model.num_heads=5", "model.num_heads"),
         ("trainer.max_steps=ten", "max_steps"),
-        ("trainer.max_steps=null", "schedule.total_steps"),
+        ("trainer.max_steps=null", "set at least one budget"),
     ],
 )
 def test_bad_values_name_the_key(override, needle):
@@ -64,3 +64,9 @@ def test_durations():
     assert parse_duration("90") == 90
     assert parse_duration("01:30:00") == 5400
     assert parse_duration("2:30") == 150
+
+
+def test_time_budget_without_steps_needs_schedule_length():
+    with pytest.raises(ConfigError, match="schedule.total_steps"):
+        validate(_compose("trainer.max_steps=null", "trainer.max_time=60"))
+    assert validate(_compose("trainer.max_steps=null", "trainer.max_time=60", "schedule.total_steps=100"))
