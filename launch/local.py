@@ -41,9 +41,6 @@ def rank_environment() -> dict[str, str]:
 
         if not torch.cuda.is_available():
             env["DS_ACCELERATOR"] = "cpu"
-    env.setdefault("OMP_NUM_THREADS", env.get("OMP_NUM_THREADS", ""))
-    if not env["OMP_NUM_THREADS"]:
-        del env["OMP_NUM_THREADS"]
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

@@ -42,11 +42,11 @@ def _check_precision(cfg: DictConfig) -> None:
     from launch.local import rank_environment
     from pretrain.train.config import ConfigError
 
-    os.environ.setdefault("DS_ACCELERATOR", rank_environment().get("DS_ACCELERATOR", "")) or os.environ.pop(
-        "DS_ACCELERATOR"
-    )
     if cfg.cluster.kind != "local":
         return  # the compute nodes' accelerator is not this machine's
+    accelerator = rank_environment().get("DS_ACCELERATOR")
+    if accelerator:  # ask DeepSpeed about the accelerator the ranks will use
+        os.environ.setdefault("DS_ACCELERATOR", accelerator)
     from parallel.ds_config import check_device_dtype
 
     try:
