@@ -194,8 +194,13 @@ def _check_relations(cfg: DictConfig) -> None:
         TrackerConfig.from_any(cfg.tracker)
     except ValueError as e:
         raise ConfigError(f"config key {e}") from None
-    if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", cfg.run.name) or ".." in cfg.run.name:
-        raise ConfigError(f"config key 'run.name' = {cfg.run.name!r}; use letters, digits and ._-=,+/ only")
+    check_run_name(cfg.run.name)
+
+
+def check_run_name(name: str) -> None:
+    """run.name becomes a directory under run.root (pretraining and fine-tuning alike)."""
+    if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", name) or ".." in name:
+        raise ConfigError(f"config key 'run.name' = {name!r}; use letters, digits and ._-=,+/ only")
 
 
 def parse_duration(value: Union[str, int, float]) -> float:
