@@ -143,11 +143,16 @@ def _dropout_seed(seed: int, step: int, rank: int) -> int:
 
 
 def finetune(cfg: DictConfig, run_dir: str, log=print) -> dict:
-    """Train, validate, keep the best task weights, predict the test file; returns the summary."""
+    """Train, validate, keep the best task weights, predict the test file; returns the summary
+    ({} when a signal stopped the run: it resumes from its checkpoint when launched again)."""
+    return fit(Run(cfg, run_dir, log))
+
+
+def fit(r: Run) -> dict:
     from pretrain.tracking import build_tracker
 
     t0 = time.perf_counter()
-    r = Run(cfg, run_dir, log)
+    cfg, run_dir = r.cfg, r.run_dir
     acc, t = r.acc, cfg.trainer
     state = ckpt.FinetuneState(config_hash=finetune_hash(cfg), world_size=acc.num_processes)
     resume_from = ckpt.latest_checkpoint(run_dir)
