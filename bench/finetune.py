@@ -7,7 +7,7 @@ bytes stored per task. The pretrained backbone is made here, and cached: the off
 backbone is the same shape, randomly initialised, written by the same exporter. The task is
 `pretrain.finetune.demo_task` ("topic": which stdlib package a docstring sentence documents).
 
-    python bench/finetune.py [--work /tmp/bench-finetune] [--pretrain-steps 2000] [--epochs 3]
+    python bench/finetune.py [--work /tmp/bench-finetune] [--model bert-mini] [--pretrain-steps 2000] [--epochs 3]
                              [--methods full,adapter,prefix,lora,bitfit,side,mask] [--repeats 1]
 
 Prints a markdown table (medians over --repeats seeds) and the CPU/GPU features, and writes
@@ -33,7 +33,7 @@ def run(cmd: list[str], **kw) -> None:
     subprocess.run(cmd, check=True, cwd=REPO, **kw)
 
 
-def pretrained_backbone(work: Path, steps: int) -> tuple[Path, Path]:
+def pretrained_backbone(work: Path, steps: int, model: str, seq: int) -> tuple[Path, Path]:
     """(prepared data dir, pretrain run dir) — made once, reused while the step count matches."""
     corpus, data, runs = work / "corpus", work / "data", work / "runs"
     if not (data / "manifest.json").is_file():
@@ -42,19 +42,23 @@ def pretrained_backbone(work: Path, steps: int) -> tuple[Path, Path]:
         write_demo_corpus(str(corpus), max_bytes=8_000_000)
         run([sys.executable, "-m", "launch.prepare", f"input={corpus}/*", f"output={data}", "tokenizer.vocab_size=8000",
              "validation_fraction=0.02", "progress=false"])
-    run_dir = runs / f"mini-{steps}"
+    run_dir = runs / f"{model}-{steps}-{seq}"
     if not (run_dir / "export" / "config.json").is_file():
-        run([sys.executable, "-m", "launch.train", f"run.root={runs}", f"run.name=mini-{steps}", f"data.path={data}",
-             "model=bert-mini", "data.max_seq_len=128", "data.micro_batch_size=32", f"trainer.max_steps={steps}",
+        from parallel.device import compute_device
+        from parallel.precision import resolve_precision
+
+        dtype = resolve_precision("auto", compute_device()).dtype  # what precision=auto picks, detected here
+        run([sys.executable, "-m", "launch.train", f"run.root={runs}", f"run.name={run_dir.name}", f"data.path={data}",
+             f"model={model}", f"data.max_seq_len={seq}", "data.micro_batch_size=32", f"trainer.max_steps={steps}",
              "trainer.eval_every=0", f"trainer.checkpoint_every={steps}", "trainer.log_every=50", "tracker=none",
-             "optim.lr=1e-3", "schedule.warmup_steps=100", "precision=auto", "trainer.progress=false"],
+             "optim.lr=1e-3", "schedule.warmup_steps=100", f"precision={dtype}", "trainer.progress=false"],
             env=dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu")))
     return data, run_dir
 
 
 def random_backbone(work: Path, pretrained_export: Path) -> Path:
-    """bert-mini's shape from the pretrained export's config.json, random weights, same tokenizer."""
-    out = work / "random-mini"
+    """The pretrained export's shape (its config.json), random weights, the same tokenizer."""
+    out = work / f"random-{pretrained_export.parent.name}"
     if (out / "config.json").is_file():
         return out
     import torch
@@ -70,10 +74,10 @@ def random_backbone(work: Path, pretrained_export: Path) -> Path:
     return out
 
 
-def finetune(work: Path, backbone: Path, method: str, task: dict, seed: int, epochs: int, name: str) -> dict:
+def finetune(work: Path, backbone: Path, method: str, task: dict, seed: int, epochs: int, name: str, seq: int) -> dict:
     cmd = [sys.executable, "-m", "launch.finetune", f"model={backbone}", f"run.root={work / 'ft'}", f"run.name={name}",
            "run.fresh=true", f"run.seed={seed}", f"task.train={task['train']}", f"task.validation={task['validation']}",
-           f"method={method}", f"trainer.max_epochs={epochs}", "trainer.batch_size=32", "trainer.max_seq_len=64",
+           f"method={method}", f"trainer.max_epochs={epochs}", "trainer.batch_size=32", f"trainer.max_seq_len={seq}",
            "trainer.progress=false", "tracker=none", "precision=fp32"]
     t0 = time.perf_counter()
     run(cmd, stdout=subprocess.DEVNULL)
@@ -96,6 +100,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/bench-finetune")
     p.add_argument("--pretrain-steps", type=int, default=2000)
+    p.add_argument("--model", default="bert-mini", help="pretraining preset (conf/model/) of both backbones")
+    p.add_argument("--pretrain-seq", type=int, default=128)
+    p.add_argument("--seq", type=int, default=64, help="fine-tuning trainer.max_seq_len")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--repeats", type=int, default=1, help="seeds per (backbone, method); medians reported")
@@ -104,7 +111,7 @@ def main(argv=None) -> None:
     a = p.parse_args(argv)
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
-    _, run_dir = pretrained_backbone(work, a.pretrain_steps)
+    _, run_dir = pretrained_backbone(work, a.pretrain_steps, a.model, a.pretrain_seq)
     backbones = {"pretrained": run_dir / "export", "random": random_backbone(work, run_dir / "export")}
     from pretrain.finetune.demo_task import write_task
 
@@ -112,7 +119,8 @@ def main(argv=None) -> None:
     results = []
     for bname, backbone in backbones.items():
         for method in a.methods.split(","):
-            reps = [finetune(work, backbone, method, task, seed, a.epochs, f"{bname}-{method}-s{seed}") for seed in range(a.repeats)]
+            reps = [finetune(work, backbone, method, task, seed, a.epochs, f"{bname}-{method}-s{seed}", a.seq)
+                    for seed in range(a.repeats)]
             row = {"backbone": bname, "method": method, **{k: statistics.median(r[k] for r in reps) for k in reps[0]}}
             results.append(row)
             print(json.dumps(row), flush=True)

@@ -129,13 +129,13 @@ def build_rows(task: str, total: int, seed: int = 0, sources: tuple[str, ...] | 
         groups = {p: _sentences(package_docstrings(p), total) for p in TOPIC_PACKAGES}
         groups = {p: s for p, s in groups.items() if len(s) >= 20}
         return [{"text": s, "label": lab} for s, lab in _balanced(groups, total // len(groups) + 1, rng)][:total]
-    sents = _sentences(stdlib_docstring_documents(), 3 * total)
+    sents = _sentences(stdlib_docstring_documents(), (12 if task == "ner" else 3) * total)
     rng.shuffle(sents)
     if task == "regression":
         return [{"text": s, "label": round(sum(map(is_code_word, s.split())) / len(s.split()), 4)} for s in sents[:total]]
-    if task == "ner":
+    if task == "ner":  # sentences with at least one code-like word (else nearly every tag is O)
         rows = []
-        for s in sents[:total]:
+        for s in [s for s in sents if any(map(is_code_word, s.split()))][:total]:
             words = s.split()
             tags, previous = [], False
             for w in words:

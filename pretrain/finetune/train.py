@@ -149,6 +149,17 @@ def finetune(cfg: DictConfig, run_dir: str, log=print) -> dict:
 
 
 def fit(r: Run) -> dict:
+    import signal
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGUSR1)} if _is_main_thread() else {}
+    try:
+        return _fit(r)
+    finally:  # an in-process caller (tests, notebooks) gets its own handlers back
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+
+def _fit(r: Run) -> dict:
     from pretrain.tracking import build_tracker
 
     t0 = time.perf_counter()
@@ -291,7 +302,8 @@ def _finish(r: Run, state: ckpt.FinetuneState, tracker, stop: str, wall: float) 
         "primary_metric": f"eval/{r.metric}", f"best/eval_{r.metric}": state.best, "best_step": state.best_step,
         "final_step": state.step, "stop_reason": stop, "trainable_params": p.trainable, "base_params": p.base,
         "trainable_fraction": p.fraction, "task_bytes": task_bytes, "wall_s": round(wall, 2),
-        "reloaded_validation": values, "world_size": r.acc.num_processes, "precision": r.cfg.precision.dtype,
+        "world_size": r.acc.num_processes, "precision": r.cfg.precision.dtype,
+        **{f"reloaded/eval_{k}": v for k, v in values.items()},  # the stored best weights, validated again
     }
     tracker.summary(summary)
     line = (f"{r.cfg.run.name}: method={r.cfg.method.name} best eval/{r.metric}={state.best:.4f} @step {state.best_step} "

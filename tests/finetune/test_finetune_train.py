@@ -40,7 +40,7 @@ def test_method_learns_keeps_frozen_weights_and_its_task_weights_reload_exactly(
     assert summary["trainable_fraction"] == pytest.approx(trainable / summary["base_params"])
     task_dir = os.path.join(run.run_dir, TASK_DIR)
     assert summary["task_bytes"] == os.path.getsize(os.path.join(task_dir, TASK_WEIGHTS))
-    assert summary["reloaded_validation"]["accuracy"] == pytest.approx(summary["best/eval_accuracy"])
+    assert summary["reloaded/eval_accuracy"] == pytest.approx(summary["best/eval_accuracy"])
 
     loaded = load_task_model(task_dir)  # a fresh backbone + method + stored task weights
     before = predict(run.model, run.val_dl, run.acc, "classification", False)
