@@ -218,7 +218,7 @@ def all_reduce_max(tensor: torch.Tensor, group=None) -> torch.Tensor:
 
 def reduce_sum(values: Sequence[float], group=None) -> list[float]:
     """Host numbers summed over ranks (float64, one collective), back as host numbers."""
-    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=backend_device())
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
     return all_reduce_sum(tensor, group=group).tolist()
 
 
