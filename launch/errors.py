@@ -14,7 +14,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ("pretrain.data.errors", "DataError"),
         ("parallel.checkpoint", "CheckpointError"),
         ("pretrain.prepare.config", "PrepareError"),
-        ("pretrain.train.checkpoints", "ResumeError"),
+        ("pretrain.train.checkpoint_manager", "ResumeError"),
         ("pretrain.hf.export", "ExportError"),
         ("pretrain.finetune.readers", "TaskDataError"),
     ):

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
+from parallel.topology import BACKENDS
 from pretrain.data.config import DataConfig, ObjectiveConfig
 from pretrain.model.config import ModelConfig
 from pretrain.tracking.config import TrackerConfig
@@ -97,6 +98,7 @@ _CHOICES = {
     "optim.impl": ("torch", "deepspeed"),
     "schedule.name": ("linear", "cosine", "constant", "wsd"),
     "cluster.kind": ("local", "slurm"),
+    "parallel.backend": (None, *BACKENDS),
 }
 _POSITIVE = (
     "model.hidden_size", "model.num_layers", "model.num_heads", "model.intermediate_size",
