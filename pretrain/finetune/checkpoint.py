@@ -24,7 +24,7 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file, save_file
 
-from pretrain.train.checkpoints import LATEST_NAME, ResumeError, publish_latest, step_dir_name
+from pretrain.train.checkpoint_manager import LATEST_NAME, CheckpointManager, ResumeError, step_dir_name
 
 TRAINABLE = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -76,7 +76,7 @@ def save_checkpoint(run_dir: str, model, optimizer, scheduler, state: FinetuneSt
         (d / STATE).write_text(json.dumps(asdict(state), indent=2) + "\n")
 
     _write_atomically(final, write)
-    publish_latest(str(final))
+    CheckpointManager(run_dir).publish_latest(str(final))  # the same atomic `latest` as pretraining
     prune(root, keep)
     return str(final)
 

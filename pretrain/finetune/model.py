@@ -54,11 +54,10 @@ def _exported_run(run: Path, out: Path, log) -> str:
         if info.get("run") != str(run.resolve()):
             raise ConfigError(f"{out} was exported from {info.get('run')}, not {run.resolve()}; use run.fresh=true to start over")
         return str(out.resolve())
-    from pretrain.train import checkpoints
-    from pretrain.train.checkpoints import ResumeError
+    from pretrain.train.checkpoint_manager import CheckpointManager, ResumeError
     from pretrain.train.export import export_run
 
-    candidates = checkpoints.resume_candidates(str(run / "checkpoints"), warn=log)
+    candidates = CheckpointManager(str(run), log=log).complete()
     if not candidates:
         raise ResumeError(f"{run}/checkpoints: no complete checkpoint to fine-tune from")
     tmp = out.with_name(out.name + ".tmp")

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from omegaconf import OmegaConf
 
-from pretrain.train.checkpoints import ResumeError
+from pretrain.train.checkpoint_manager import ResumeError
 
 from .checkpoint import read_task
 from .config import METHODS

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pretrain.train.checkpoints import ResumeError
+from pretrain.train.checkpoint_manager import ResumeError
 from pretrain.train.progress import Progress
 
 from . import checkpoint as ckpt
