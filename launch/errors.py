@@ -16,6 +16,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ("pretrain.prepare.config", "PrepareError"),
         ("pretrain.train.checkpoint_manager", "ResumeError"),
         ("pretrain.hf.export", "ExportError"),
+        ("pretrain.train.nonfinite", "NonFiniteError"),
     ):
         try:
             mod = __import__(module, fromlist=[name])
