@@ -89,7 +89,6 @@ class Engine(ABC):
         self.model_inputs = tuple(model_inputs)
         self.dp_world_size = topo.dp_size
         self.layout = layout_of(topo, parallel_cfg, precision_cfg)
-        self.load_mode = "universal" if load_universal else "plain"   # what `load` accepts
         self.guard = UpdateGuard(ds_engine)
 
     # ---------------------------------------------------------------- interface
@@ -175,8 +174,13 @@ class Engine(ABC):
 
     def load(self, resume: Resume) -> dict:
         """Returns the client_state given to `save`. `resume` comes from inspect_checkpoint for
-        this engine's layout, and the engine must have been built with it (universal loading is
-        an initialize-time setting)."""
+        this engine's layout, and the engine must have been built for its mode (universal loading
+        is an initialize-time setting). An engine built for universal loading (resumed at another
+        world size) loads a plain checkpoint of its own layout through a universal conversion
+        too: that is what a rewind to a checkpoint it saved itself needs."""
+        if resume.mode == "plain" and self.load_universal:
+            prepare_universal(resume.path, self.topo)  # rank 0 converts once, every rank waits
+            resume = Resume(resume.path, "universal", resume.meta)
         universal = resume.mode == "universal"
         if universal != self.load_universal:
             raise CheckpointError(

@@ -11,7 +11,8 @@ every file present at its recorded size, same model shape, a layout it can load 
 engine is then built for the chosen one and loads it without checking again. A directory whose
 meta is missing (interrupted save) or whose files no longer match it (truncated, deleted) is
 never resumed from: the newest good one before it is used, with a warning naming both. Step
-directories newer than `latest` are saves that never finished publishing.
+directories newer than `latest` are saves that never finished publishing (with no `latest` at
+all, nothing was ever published: the run starts over); the next save of that step clears one.
 
 A checkpoint is never written from a non-finite state: `save` first checks every rank's weights
 and optimizer state (one all-reduce) and raises NonFiniteState instead; the meta then records
@@ -89,7 +90,11 @@ class CheckpointManager:
         return int(m.group(1))
 
     def _published(self) -> list[str]:
-        """Step directories not newer than `latest`, newest first."""
+        """Step directories not newer than `latest`, newest first. Without any `latest` file
+        nothing was ever published; an unreadable one counts every directory (then each is
+        checked)."""
+        if not os.path.exists(os.path.join(self.root, LATEST_NAME)):
+            return []
         latest = self.latest_step()
         return [path for step, path in self.step_dirs() if latest is None or step <= latest]
 
@@ -121,12 +126,11 @@ class CheckpointManager:
         Raises ResumeError when step directories exist but none is usable: a run is never
         restarted silently from scratch (run.fresh=true does that on purpose).
         """
-        plans, refusals = self._usable(signature, layout)
-        if not plans and self.latest_step() is None and not any(is_complete(p)[0] for _, p in self.step_dirs()):
-            for _, path in self.step_dirs():  # the first save was interrupted: nothing was ever published
-                self.log(f"warning: {path}: a save that never finished, and no checkpoint was ever published; "
-                         "starting from step 0")
+        if not os.path.exists(os.path.join(self.root, LATEST_NAME)):
+            for _, path in self.step_dirs():  # the first save was interrupted before it published
+                self.log(f"warning: {path}: a save that was never published (no `latest`); starting from step 0")
             return []
+        plans, refusals = self._usable(signature, layout)
         if not plans and self.step_dirs():
             reason = refusals[0] if refusals else "no published checkpoint (no `latest`)"
             raise ResumeError(f"{self.root} has step directories but none is usable ({reason}); refusing to "
@@ -150,7 +154,6 @@ class CheckpointManager:
         """All ranks call: load the newest usable checkpoint (checked finite when saved, if any
         is) into the running `engine`; returns (its step, its path), or None when there is none."""
         plans, _ = self._usable(engine.signature, engine.layout)
-        plans = [p for p in plans if p.mode == engine.load_mode]  # a running engine loads one way
         verified = [p for p in plans if p.meta.get("state_finite")]
         plans = verified or plans
         if not plans:

@@ -249,6 +249,12 @@ def scenario_universal(topo, work):
     engine.load(engine.resume)
     res["zero3"] = run(engine, topo, 2, STEPS)
     res["refused"] = expect_error(lambda: make_engine(topo, zero=0, resume_from=path))
+    # That universal-built engine rewinds to a checkpoint it saved itself (plain for its layout).
+    own = os.path.join(work, "z3own")
+    engine.save(own, {"step": engine.global_step})
+    res["own_next"] = run(engine, topo, 2, STEPS + 1)
+    engine.load(inspected(engine, own))
+    res["own_reloaded"] = run(engine, topo, 2, STEPS + 1)
     return res
 
 

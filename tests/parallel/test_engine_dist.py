@@ -101,6 +101,8 @@ def test_one_rank_resumes_a_two_rank_checkpoint_via_universal(saved):
     assert losses(r["zero1_bf16"]) == pytest.approx(losses(before["z2src"][3:]), rel=1e-2)
     assert losses(r["zero3"]) == pytest.approx(losses(before["z3src"][3:]), rel=1e-5)
     assert "cannot resume a ZeRO-3 fp32 checkpoint of 2 processes" in r["refused"]
+    # The universal-built engine reloads a checkpoint it saved itself (the trainer's rewind).
+    assert losses(r["own_reloaded"]) == pytest.approx(losses(r["own_next"]), rel=1e-6)
 
 
 def test_consolidate_fp32_offline(saved):

@@ -22,7 +22,7 @@ NAN = float("nan")
 class Engine:
     """What the Watchdog and CheckpointManager call on an engine, recorded."""
 
-    signature, load_mode = "sig", "plain"
+    signature = "sig"
     layout = SimpleNamespace(world_size=1, zero_stage=0, dtype="fp32", pipeline_stages=1)
 
     def __init__(self, finite=True):
