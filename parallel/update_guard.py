@@ -68,7 +68,6 @@ class UpdateGuard:
         self.inner.step = self._guarded_step  # instance attribute: DeepSpeed's wrappers call it
         self._expected: dict[int, tuple[bool, Optional[float]]] = {}
         self._verdicts: dict[int, bool] = {}
-        self.dropped = 0
 
     def expect(self, loss_finite: bool, grad_norm: Optional[float] = None) -> None:
         """What the engine knows about the step about to be taken (values every rank shares):
@@ -84,8 +83,6 @@ class UpdateGuard:
         step = self.ds.global_steps
         if step not in self._verdicts:  # first call of this step (ZeRO calls once per group)
             self._verdicts = {step: self._drop(step)}
-            if self._verdicts[step]:
-                self.dropped += 1
         drop = self._verdicts[step]
         self._report_overflow(drop)
         if drop:
