@@ -21,7 +21,8 @@ from .jsonl import NONFINITE_KEY
 KNOWN_METRICS = [
     "train/loss", "train/mlm_loss", "train/sop_loss", "train/sentence_loss", "train/mlm_acc", "train/sop_acc",
     "train/lr", "train/grad_norm", "train/loss_scale", "train/tokens_per_s", "train/samples_per_s", "train/mfu",
-    "train/data_wait", "train/peak_mem_gb", "eval/loss", "eval/mlm_loss", "eval/sop_loss", "eval/mlm_acc",
+    "train/data_wait", "train/peak_mem_gb", "train/loss_ratio", "train/loss_spikes", "train/nonfinite_steps",
+    "train/skipped_updates", "train/rewinds", "train/discarded_batches", "eval/loss", "eval/mlm_loss", "eval/sop_loss", "eval/mlm_acc",
     "eval/sop_acc",
 ]
 PLOT_DEFAULT = [m for m in KNOWN_METRICS if m.rsplit("/", 1)[-1] in
