@@ -85,6 +85,17 @@ def test_divergence_stops_with_one_line_and_the_last_good_checkpoint_stays_lates
     assert all(finite_checkpoint(run_dir, d) for d in step_dirs(run_dir))
     assert not os.path.exists(os.path.join(run_dir, "export")), "a diverged run exports nothing"
 
+    # skip cannot save this run (every batch diverges): it stops after max_skips in a row.
+    r = launch(root, tiny_data, "div-skip", "parallel=single", "precision=fp32", "trainer.max_steps=15", "optim.lr=1e6",
+               "optim.grad_clip=0", "trainer.checkpoint_every=1", "trainer.on_nonfinite=skip", "trainer.max_skips=2")
+    run_dir = os.path.join(root, "div-skip")
+    assert r.returncode != 0
+    assert "3 non-finite steps in a row (trainer.max_skips=2)" in r.stderr.strip().splitlines()[-1]
+    rows = train_rows(run_dir)
+    assert [s for s, row in rows.items() if row["train/loss"] is None] == [bad, bad + 1, bad + 2]
+    # A skipped step's state is the last good one: saving it is fine; nothing non-finite is saved.
+    assert latest(run_dir) == f"step_{bad + 1:06d}" and all(finite_checkpoint(run_dir, d) for d in step_dirs(run_dir))
+
 
 def test_one_rank_nan_is_skipped_by_both_ranks_then_a_stop_keeps_latest(tmp_path, tiny_data):
     root = str(tmp_path / "runs")
