@@ -50,7 +50,10 @@ def main() -> int:
     work = args.work or tempfile.mkdtemp(prefix="save-kills-")
     data = prepare(work)
     env = dict(os.environ, DS_ACCELERATOR=os.environ.get("DS_ACCELERATOR", "cpu"), OMP_NUM_THREADS="1")
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; python {DRIVER} --kills {args.kills}")
+    from parallel.device import cpu_features
+
+    features = ",".join(k for k, v in cpu_features().items() if v)
+    print(f"# {platform.machine()}, {os.cpu_count()} CPUs ({features}); python {DRIVER} --kills {args.kills}")
     print("| layout | seed | kills | distinct events hit / per save | after publish | failures | s per relaunch (median) | total s |")
     print("|---|---|---|---|---|---|---|---|")
     failed = False

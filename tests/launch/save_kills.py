@@ -6,7 +6,9 @@ complete checkpoint with the losses of an uninterrupted run.
 Writes WORK/report.json ({"failures": [...], ...}); used by test_save_kills.py (30 kills) and
 bench/save_kills.py (more kills, every layout). Exit code 1 when any check failed.
 
-How it stays cheap (a relaunch costs ~1 s of CPU instead of ~8):
+How it stays cheap (measured on 2 shared cores: a relaunch that resumes, trains a step and saves
+costs ~2 CPU-seconds for both ranks here, ~24 through pretrain-launch + torchrun, which re-import
+torch, DeepSpeed, Hydra and torch._dynamo in every process):
 - Fork server. This process imports torch, DeepSpeed and the trainer once, never computes, and
   forks the two rank processes of every launch; each child sets what torchrun would (RANK,
   WORLD_SIZE, MASTER_*), then runs launch.worker.main, the entry point torchrun runs. The modules
