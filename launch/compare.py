@@ -123,6 +123,9 @@ def main(argv=None) -> int:
     for run in runs:
         if run.skipped_torn_tail:
             print(f"warning: {run.path}: skipped an unterminated last line (crash mid-write)", file=sys.stderr)
+        if run.nonfinite:
+            counts = ", ".join(f"{k} x{n}" for k, n in sorted(run.nonfinite.items()))
+            print(f"warning: {run.path}: non-finite values, left out of the plots: {counts}", file=sys.stderr)
     names = [r.name for r in runs]
     for i, run in enumerate(runs):  # same basename in different parents: disambiguate labels
         if names.count(run.name) > 1:

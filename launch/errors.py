@@ -17,6 +17,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
         ("pretrain.train.checkpoint_manager", "ResumeError"),
         ("pretrain.hf.export", "ExportError"),
         ("pretrain.finetune.readers", "TaskDataError"),
+        ("pretrain.train.nonfinite", "NonFiniteError"),
     ):
         try:
             mod = __import__(module, fromlist=[name])
