@@ -12,19 +12,37 @@ import sys
 from launch.errors import user_error_types
 
 
-def first_rank_error(run_dir: str) -> str | None:
-    """The first user error any rank reported, else the tail of the first rank traceback found."""
+def first_rank_error(run_dir: str, ranks_log_dir: str | None = None) -> str | None:
+    """The first user error any rank reported, else the tail of the first rank traceback found
+    (under `ranks_log_dir` when given: one SLURM attempt's logs, not older ones)."""
     for path in sorted(glob.glob(os.path.join(run_dir, "logs", "error-rank*.txt"))):
         with open(path) as f:
             line = f.readline().strip()
         if line:
             return line
-    for path in sorted(glob.glob(os.path.join(run_dir, "logs", "ranks", "**", "stderr.log"), recursive=True)):
+    logs = ranks_log_dir or os.path.join(run_dir, "logs", "ranks")
+    for path in sorted(glob.glob(os.path.join(logs, "**", "stderr.log"), recursive=True)):
         with open(path, errors="replace") as f:
             lines = [line.rstrip() for line in f if line.strip()]
         if any("Traceback" in line for line in lines):
             return f"a rank crashed: {lines[-1]} (full traceback: {path})"
     return None
+
+
+def _catch_checkpoint_signals_early(run_dir: str) -> None:
+    """Install the checkpoint-signal handlers before the slow imports and engine setup, so a
+    preemption that comes during start-up is kept (pretrain/train/preemption.py)."""
+    from pretrain.train.preemption import checkpoint_signals, install_early
+    from pretrain.train.rundir import CONFIG_NAME
+
+    try:
+        from omegaconf import OmegaConf
+
+        name = OmegaConf.load(os.path.join(run_dir, CONFIG_NAME)).cluster.signal
+        signals = checkpoint_signals(name)
+    except Exception:  # unreadable config: load_run_config below reports it properly
+        signals = checkpoint_signals()
+    install_early(signals)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,13 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m launch.worker <run dir>", file=sys.stderr)
         return 2
     run_dir = argv[0]
+    _catch_checkpoint_signals_early(run_dir)
     rank = os.environ.get("RANK", "0")
     error_file = os.path.join(run_dir, "logs", f"error-rank{rank}.txt")
     if os.path.exists(error_file):
         os.remove(error_file)
     try:
-        from launch.rundir import load_run_config
         from pretrain.train.loop import train
+        from pretrain.train.rundir import load_run_config
 
         cfg = load_run_config(run_dir)
         train(cfg, run_dir)
