@@ -218,7 +218,10 @@ class SlurmLauncher:
         for i in range(1, cfg.cluster.chain):
             lines.append(f"would run: sbatch --parsable --dependency=afterany:<job {i}> {script}")
         if shutil.which("sbatch"):
-            verdict = _test_rendered(text)
+            try:
+                verdict = _test_rendered(text)
+            except ValueError as e:  # ConfigError: a dry run reports it and goes on
+                verdict = str(e).replace("cluster: sbatch --test-only ", "")
             if verdict:
                 lines.append(f"sbatch --test-only: {verdict}")
         return "\n".join(lines)

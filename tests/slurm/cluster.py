@@ -25,6 +25,10 @@ NODES = ("n1", "n2")
 # usual 29500; the next blocks are tried when another test run holds one.
 BASE_PORT = int(os.environ.get("PRETRAIN_TEST_SLURM_PORT", "16817"))
 PORT_BLOCKS = 8
+# SLURM holds a requeued job for the credential lifetime (default 120 s) before it may start again;
+# starting it earlier by hand fails ("Job credential revoked"). Short here, long enough for a
+# loaded machine to launch a step.
+CRED_EXPIRE = 20
 
 
 def missing_programs() -> list[str]:
@@ -105,7 +109,7 @@ SlurmctldPort={ports[0]}
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket={socket_path}
+AuthInfo=socket={socket_path},cred_expire={CRED_EXPIRE}
 CredType=cred/munge
 ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none

@@ -148,3 +148,29 @@ def test_job_setup_resolves_precision_auto_once_into_config_yaml(tmp_path):
     assert resolve_auto_precision(str(tmp_path), log=logged.append) is None  # later attempts keep it
     assert load_raw_config(str(tmp_path)).precision.dtype == stored.precision.dtype
     assert not os.path.exists(tmp_path / "config.yaml.tmp")
+
+
+def test_master_port_comes_from_the_job_id_never_a_fixed_default(monkeypatch):
+    from omegaconf import OmegaConf
+
+    from launch.slurm_node import node_geometry, rendezvous_port
+    from parallel.topology import detect, slurm_master_port
+
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(k, "x")  # recorded, so teardown removes what detect() sets
+        monkeypatch.delenv(k)
+    env = {"SLURM_PROCID": "0", "SLURM_NTASKS": "2", "SLURM_NNODES": "2", "SLURM_JOB_NODELIST": "n[1-2]",
+           "SLURM_JOB_ID": "123456"}
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    detect()
+    assert os.environ["MASTER_PORT"] == str(slurm_master_port(123456)) == "18456"
+    assert all(15000 <= slurm_master_port(j) < 30000 for j in (0, 14999, 15000, 29999, 10**9 + 7))
+    cfg = OmegaConf.create({"cluster": {"master_port": 0, "nnodes": 2}})
+    assert rendezvous_port(cfg, env) == 18456
+    assert rendezvous_port(OmegaConf.create({"cluster": {"master_port": 23000, "nnodes": 2}}), env) == 23000
+    with pytest.raises(ConfigError, match="MASTER_ADDR not set"):
+        node_geometry(cfg, {**env, "SLURM_NODEID": "1"})
+    with pytest.raises(ConfigError, match="cluster.nnodes"):
+        node_geometry(cfg, {**env, "SLURM_NODEID": "1", "SLURM_NNODES": "3", "MASTER_ADDR": "10.0.0.1"})
+    assert node_geometry(cfg, {**env, "SLURM_NODEID": "1", "MASTER_ADDR": "10.0.0.1"}) == (1, 2, "10.0.0.1")

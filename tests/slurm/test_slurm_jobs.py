@@ -2,8 +2,8 @@
 multi-node training equal to a local run, the time limit's signal, preemption, requeue, the
 requeue cap, chains and sweeps. Each job carries several checks: a job costs ~20-60 s here.
 
-Requeued jobs wait ~2 minutes before SLURM starts them again (its fixed cool-down); the tests
-release them at once with `scontrol update StartTime=now`, which changes nothing else.
+SLURM holds a requeued job for its credential lifetime before starting it again (120 s by
+default, 20 s in the test cluster: tests/slurm/cluster.py CRED_EXPIRE).
 """
 from __future__ import annotations
 
@@ -42,20 +42,29 @@ def log_of(run_dir, job) -> str:
     return open(path, errors="replace").read() if os.path.exists(path) else ""
 
 
-def wait_log(slurm, run_dir, job, pattern, timeout=TIMEOUT) -> re.Match:
-    """Poll the job's log for `pattern` (a regex); fail with the log if the job ends without it."""
+def attempt_log(run_dir, job, attempt=None) -> str:
+    """The job's log, or only the part written by one attempt (from its banner on)."""
+    text = log_of(run_dir, job)
+    if attempt is None:
+        return text
+    parts = re.split(r"^(?==== pretrain run .*attempt \d+ )", text, flags=re.M)
+    return "".join(p for p in parts if re.match(rf"=== pretrain run .*attempt {attempt} ", p))
+
+
+def wait_log(slurm, run_dir, job, pattern, timeout=TIMEOUT, attempt=None) -> re.Match:
+    """Poll the job's log (or one attempt's part of it) for `pattern` (a regex); fail with the log
+    if the job ends without it."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        text = log_of(run_dir, job)
-        m = re.search(pattern, text)
+        m = re.search(pattern, attempt_log(run_dir, job, attempt))
         if m:
             return m
         state = slurm.job(job).get("JobState")
         if state in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL"):
-            text = log_of(run_dir, job)
-            if re.search(pattern, text):
-                return re.search(pattern, text)
-            raise AssertionError(f"job {job} ended ({state}) without {pattern!r}:\n{text[-4000:]}")
+            m = re.search(pattern, attempt_log(run_dir, job, attempt))
+            if m:
+                return m
+            raise AssertionError(f"job {job} ended ({state}) without {pattern!r}:\n{log_of(run_dir, job)[-4000:]}")
         time.sleep(0.3)
     raise AssertionError(f"timed out waiting for {pattern!r} in job {job}'s log:\n{log_of(run_dir, job)[-4000:]}")
 
@@ -83,16 +92,18 @@ def wait_ranks(run_dir, count, timeout=TIMEOUT) -> list:
     raise AssertionError(f"expected {count} rank processes of {run_dir}, found {rank_processes(run_dir)}")
 
 
-def release_requeued(slurm, job, *updates) -> None:
-    """Wait until SLURM has put the job back in the queue, then let it start now."""
+def when_requeued(slurm, job, restarts: int, *updates) -> None:
+    """Wait until SLURM has put the job back in the queue (`restarts` times), then apply
+    `scontrol update` settings to it before it starts again."""
     deadline = time.time() + TIMEOUT
     while time.time() < deadline:
         info = slurm.job(job)
-        if info.get("JobState") == "PENDING" and info.get("Restarts") != "0":
-            slurm.run(["scontrol", "update", f"JobId={job}", *updates, "StartTime=now"])
+        if info.get("JobState") == "PENDING" and info.get("Restarts") == str(restarts):
+            if updates:
+                slurm.run(["scontrol", "update", f"JobId={job}", *updates])
             return
         time.sleep(0.3)
-    raise AssertionError(f"job {job} was not requeued: {slurm.job(job)}")
+    raise AssertionError(f"job {job} was not requeued {restarts} time(s): {slurm.job(job)}")
 
 
 def rank_processes(run_dir) -> list:
@@ -158,70 +169,105 @@ def test_two_nodes_of_two_ranks_train_exactly_like_four_local_ranks_then_evaluat
         assert needle in report, (needle, report)
 
 
-def test_time_limit_signal_then_preemption_requeue_cap_and_chain_resume_to_the_uninterrupted_losses(
+def batch_shell(job):
+    """The job's batch script process (slurmd runs it as <spool>/job<id>/slurm_script)."""
+    for p in psutil.process_iter(["cmdline"]):
+        if any(re.search(rf"job0*{job}/slurm_script$", part) for part in p.info["cmdline"] or []):
+            return p
+    raise AssertionError(f"no batch shell found for job {job}")
+
+
+def elapsed_seconds(slurm, job) -> int:
+    parts = [int(x) for x in re.split(r"[-:]", slurm.job(job)["RunTime"])]
+    seconds = 0
+    for part in parts[-3:]:
+        seconds = seconds * 60 + part
+    return seconds
+
+
+def test_preemption_time_limit_and_safety_net_requeue_then_cap_then_the_chain_finishes_with_identical_losses(
         slurm, tiny_data, tmp_path):
-    """One run, three jobs (cluster.chain=3), two nodes x one rank, checkpoint signal USR2:
-    job 1, attempt 1: the time limit comes near, SLURM signals the batch shell -> checkpoint -> requeue;
-    job 1, attempt 2: resumes; preempted by hand (scancel --signal --batch) -> checkpoint -> cap reached;
-    job 2: resumes and finishes; job 3: finds the run finished and exits at once."""
+    """One run, two nodes x one rank, checkpoint signal USR2, cluster.chain=3, max_requeues=2.
+    Job 1 is stopped three times, each time by another mechanism, and checkpoints every time:
+      attempt 1: scancel --signal=USR2 --batch (preemption by hand)         -> requeue 1
+      attempt 2: the time limit comes near: SLURM's --signal=B:USR2@300      -> requeue 2
+      attempt 3: the batch shell never gets to pass a signal on: the safety
+                 net (rank 0 polls squeue, time_margin=150) stops the ranks  -> the cap: no requeue
+    Job 2 resumes where job 1 stopped and finishes; job 3 finds the run finished and exits at once.
+    The time limit is moved near with `scontrol update TimeLimit` (minutes), so the test does not
+    wait for a real one; the ranks or the batch shell are paused meanwhile so that exactly the
+    mechanism under test is the one that stops the run."""
     root = str(tmp_path / "runs")
-    train = ["trainer.max_steps=40", "trainer.checkpoint_every=1000"]
+    train = ["trainer.max_steps=120", "trainer.checkpoint_every=1000"]
     # torchrun sets OMP_NUM_THREADS=1 only for several ranks per node; the same thread count as the
     # local 2-rank reference keeps fp32 sums in the same order (cluster.env reaches the ranks).
     sub = submit(slurm, root, tiny_data, "long", "cluster.nnodes=2", "cluster.nproc=1", "cluster.signal=USR2",
-                 "cluster.time=10", "cluster.signal_grace=300", "cluster.time_margin=0", "cluster.max_requeues=1",
-                 "cluster.chain=3", "+cluster.env.OMP_NUM_THREADS=1", *train)
+                 "cluster.time=10", "cluster.signal_grace=300", "cluster.time_margin=150", "cluster.time_poll=1",
+                 "cluster.max_requeues=2", "cluster.chain=3", "+cluster.env.OMP_NUM_THREADS=1", *train)
     assert sub.returncode == 0, sub.stderr
     reference = start(root, tiny_data, "ref2", "precision=fp32", "cluster.nproc=2", *train)
     run_dir = os.path.join(root, "long")
     first, second, third = job_ids(run_dir)
     assert f"job {second} after {first} (afterany)" in sub.stdout and f"scancel {first} {second} {third}" in sub.stdout
 
-    # Attempt 1. The ranks are paused while the limit is moved near (less than signal_grace left),
-    # so it is SLURM's own --signal=B:USR2@300 that stops them, however fast they train.
+    # Attempt 1: preempted by hand.
+    wait_steps(run_dir, 2, slurm, first)
+    slurm.run(["scancel", "--signal=USR2", "--batch", first])
+    wait_log(slurm, run_dir, first, r"requeueing \d+ \(requeue 1 of at most 2\)")
+    when_requeued(slurm, first, 1)
+
+    # Attempt 2: 3-4 minutes left (< signal_grace, > time_margin) while the ranks are paused, so it
+    # is SLURM's own signal to the batch shell, passed on to the ranks, that stops them.
+    resumed = int(wait_log(slurm, run_dir, first, r"resumed from step (\d+)", attempt=2).group(1))
     ranks = wait_ranks(run_dir, 2)
-    wait_steps(run_dir, 1, slurm, first)
+    wait_steps(run_dir, resumed + 1, slurm, first)
     for p in ranks:
         p.send_signal(signal.SIGSTOP)
     try:
-        ran = slurm.job(first)["RunTime"].split(":")
-        elapsed = int(ran[-2]) * 60 + int(ran[-1])
-        slurm.run(["scontrol", "update", f"JobId={first}", f"TimeLimit={elapsed // 60 + 2}"])
-        wait_log(slurm, run_dir, first, r"\[batch\] SIGUSR2 at .*checkpoint and stop", timeout=120)
+        slurm.run(["scontrol", "update", f"JobId={first}", f"TimeLimit={elapsed_seconds(slurm, first) // 60 + 4}"])
+        wait_log(slurm, run_dir, first, r"\[batch\] SIGUSR2 at ", timeout=120, attempt=2)
     finally:
         for p in ranks:
             p.send_signal(signal.SIGCONT)
-    wait_log(slurm, run_dir, first, r"requeueing \d+ \(requeue 1 of at most 1\)")
-    release_requeued(slurm, first, "TimeLimit=10")
+    wait_log(slurm, run_dir, first, r"requeueing \d+ \(requeue 2 of at most 2\)", attempt=2)
+    when_requeued(slurm, first, 2, "TimeLimit=10")
 
-    # Attempt 2: resumed, then preempted by hand; the cap stops the requeueing.
-    resumed = int(wait_log(slurm, run_dir, first, r"resumed from step (\d+)").group(1))
-    stopped_at_1 = resumed
-    wait_steps(run_dir, resumed + 2, slurm, first)
-    slurm.run(["scancel", "--signal=USR2", "--batch", first])
+    # Attempt 3: 1-2 minutes left (< time_margin) while the batch shell is paused: only the ranks'
+    # own squeue poll can stop them.
+    wait_log(slurm, run_dir, first, r"resumed from step \d+", attempt=3)
+    shell = batch_shell(first)
+    shell.send_signal(signal.SIGSTOP)
+    try:
+        slurm.run(["scontrol", "update", f"JobId={first}", f"TimeLimit={elapsed_seconds(slurm, first) // 60 + 2}"])
+        wait_log(slurm, run_dir, first, r"stopped at step \d+: preempted", timeout=120, attempt=3)
+        assert "[batch] SIGUSR2" not in attempt_log(run_dir, first, 3)
+    finally:
+        shell.send_signal(signal.SIGCONT)
     info = slurm.wait_job(first, timeout=TIMEOUT)
     text = log_of(run_dir, first)
-    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "1", (info, text[-3000:])
-    assert attempts_in(text) == ["1", "2"]
-    assert "not requeueing: cluster.max_requeues=1 reached (requeued 1 times)" in text
-    assert text.count("stopped at step") == 2 and "preempted" in text
+    assert info["JobState"] == "COMPLETED" and info["Restarts"] == "2", (info, text[-3000:])
+    assert attempts_in(text) == ["1", "2", "3"]
+    third_attempt = attempt_log(run_dir, first, 3)
+    assert re.search(rf"SLURM job {first} has about \d+s left \(< cluster.time_margin=150s\)", third_attempt)
+    assert "not requeueing: cluster.max_requeues=2 reached (requeued 2 times)" in third_attempt
+    stops = [int(s) for s in re.findall(r"stopped at step (\d+): preempted", text)]
+    assert len(stops) == 3 and stops == sorted(stops)
 
     # Job 2 continues where job 1 stopped and finishes; job 3 has nothing left to do.
     slurm.wait_job(third, timeout=TIMEOUT)
     two, three = log_of(run_dir, second), log_of(run_dir, third)
-    resumed_2 = int(re.search(r"resumed from step (\d+)", two).group(1))
-    assert stopped_at_1 < resumed_2 < 40
-    assert '[batch] the run finished: {"step": 40' in two
+    assert f"resumed from step {stops[-1]} " in two
+    assert '[batch] the run finished: {"step": 120' in two
     assert "the run already finished" in three and "[setup]" not in three
     assert all(slurm.job(j)["JobState"] == "COMPLETED" for j in (second, third))
 
     steps = [m["step"] for m in metrics(run_dir) if "train/loss" in m]
-    assert steps == list(range(1, 41)), "metrics steps never repeat across requeues and chained jobs"
+    assert steps == list(range(1, 121)), "metrics steps never repeat across requeues and chained jobs"
     _, err = reference.communicate(timeout=TIMEOUT)
     assert reference.returncode == 0, err[-3000:]
-    assert losses(run_dir) == losses(os.path.join(root, "ref2")), "interrupted 3 times, identical to no interruption"
+    assert losses(run_dir) == losses(os.path.join(root, "ref2")), "stopped 3 times, identical to no interruption"
     report = status(slurm, run_dir)
-    assert "finished at step 40" in report and f"job {first}" in report and "requeued 1 time(s)" in report
+    assert "finished at step 120" in report and f"job {first}" in report and "requeued 2 time(s)" in report
 
 
 def test_sweep_submits_one_job_per_combination_each_with_its_own_run_directory(slurm, tiny_data, tmp_path):
@@ -231,10 +277,12 @@ def test_sweep_submits_one_job_per_combination_each_with_its_own_run_directory(s
     assert sub.stdout.count("submitted:") == 2
     (job0,), (job1,) = job_ids(os.path.join(root, "sw-0")), job_ids(os.path.join(root, "sw-1"))
     assert job0 != job1
+    # A run whose job is still queued or running is not submitted twice (held: surely still queued).
+    slurm.run(["scontrol", "hold", job0], check=False)  # fails harmlessly if it already runs
     again = submit(slurm, root, tiny_data, "sw-0", "optim.lr=1e-3", "trainer.max_steps=2")
+    slurm.run(["scontrol", "release", job0], check=False)
     lines = [line for line in again.stderr.splitlines() if line.strip()]
-    if slurm.job(job0)["JobState"] != "COMPLETED":  # still queued or running: a second job is refused
-        assert again.returncode == 2 and len(lines) == 1 and f"already has SLURM job {job0}" in lines[0], again.stderr
+    assert again.returncode == 2 and len(lines) == 1 and f"already has SLURM job {job0}" in lines[0], again.stderr
     for num, lr, job in ((0, 0.001, job0), (1, 0.002, job1)):
         run_dir = os.path.join(root, f"sw-{num}")
         info = slurm.wait_job(job, timeout=TIMEOUT)
