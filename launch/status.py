@@ -74,7 +74,7 @@ def job_lines(run_dir: str, cfg) -> list[tuple[str, str]]:
     for job in jobs:
         try:
             info = job_info(job)
-        except (OSError, Exception) as e:  # controller down, timeout
+        except Exception as e:  # controller down, timeout
             rows.append((f"job {job}", f"unknown ({e})"))
             continue
         if info is None:
