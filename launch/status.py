@@ -27,7 +27,7 @@ def _ago(seconds: float) -> str:
 
 
 def progress_lines(run_dir: str, cfg) -> list[tuple[str, str]]:
-    from pretrain.train import checkpoints
+    from pretrain.train.checkpoint_manager import CheckpointManager
     from pretrain.train.rundir import read_finished
     from pretrain.tracking.reader import MetricsError, read_run
 
@@ -41,7 +41,7 @@ def progress_lines(run_dir: str, cfg) -> list[tuple[str, str]]:
     else:
         rows.append(("state", f"not finished (budget: {budget or '?'})"))
     warnings: list[str] = []
-    candidates = checkpoints.resume_candidates(os.path.join(run_dir, "checkpoints"), warn=warnings.append)
+    candidates = CheckpointManager(run_dir, log=warnings.append).complete()
     if candidates:
         newest = candidates[0]
         step = int(os.path.basename(newest).split("_")[1])
