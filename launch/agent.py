@@ -62,6 +62,9 @@ def run_agent(cmd: list[str], env: dict, checkpoint_signal: signal.Signals, agen
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        # The ranks are gone: a late checkpoint signal (SLURM signals every process of the step)
+        # must not kill this process on its way out and make the node look failed.
+        signal.signal(checkpoint_signal, signal.SIG_IGN)
 
 
 def catches(pid: int, sig: signal.Signals, age: float) -> bool:

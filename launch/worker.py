@@ -29,20 +29,22 @@ def first_rank_error(run_dir: str, ranks_log_dir: str | None = None) -> str | No
     return None
 
 
-def _catch_checkpoint_signals_early(run_dir: str) -> None:
+def _catch_checkpoint_signals_early(run_dir: str) -> str:
     """Install the checkpoint-signal handlers before the slow imports and engine setup, so a
-    preemption that comes during start-up is kept (pretrain/train/preemption.py)."""
+    preemption that comes during start-up is kept (pretrain/train/preemption.py). Returns the
+    signal's name."""
     from pretrain.train.preemption import checkpoint_signals, install_early
     from pretrain.train.rundir import CONFIG_NAME
 
     try:
         from omegaconf import OmegaConf
 
-        name = OmegaConf.load(os.path.join(run_dir, CONFIG_NAME)).cluster.signal
+        name = str(OmegaConf.load(os.path.join(run_dir, CONFIG_NAME)).cluster.signal)
         signals = checkpoint_signals(name)
     except Exception:  # unreadable config: load_run_config below reports it properly
-        signals = checkpoint_signals()
+        name, signals = "USR1", checkpoint_signals()
     install_early(signals)
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m launch.worker <run dir>", file=sys.stderr)
         return 2
     run_dir = argv[0]
-    _catch_checkpoint_signals_early(run_dir)
+    signal_name = _catch_checkpoint_signals_early(run_dir)
     rank = os.environ.get("RANK", "0")
     error_file = os.path.join(run_dir, "logs", f"error-rank{rank}.txt")
     if os.path.exists(error_file):
@@ -68,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             f.write(f"{e}\n")
         print(f"[rank {rank}] error: {e}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        from pretrain.train.preemption import ignore_late
+
+        ignore_late(signal_name)
     return 0
 
 

@@ -30,6 +30,14 @@ def install_early(signals) -> None:
         signal.signal(sig, _record_early)
 
 
+def ignore_late(name: str = "USR1") -> None:
+    """Once the loop is over: ignore the checkpoint signal. A late one (a second preemption, the
+    time-limit signal after the safety net already stopped the run) must not kill a rank on its
+    way out: CPython resets Python handlers to the default action, terminate, while it shuts
+    down, and the launcher would see a failed rank. An ignored signal stays ignored."""
+    signal.signal(signal.Signals[f"SIG{name}"], signal.SIG_IGN)
+
+
 class Deadline(Protocol):
     def near(self) -> bool: ...
 

@@ -181,6 +181,17 @@ PartitionName=debug Nodes={NODES[0]},{NODES[1]} Default=YES MaxTime=INFINITE Sta
         raise RuntimeError(f"test SLURM cluster: nodes not idle after {timeout}s (sinfo: {out!r}); see {self.root}/log")
 
     def stop(self) -> None:
+        """Cancel this cluster's jobs and wait for them (their processes belong to slurmstepd,
+        which outlives slurmd), then stop the daemons."""
+        if "slurmctld" in self.pids:
+            self.run(["scancel", "--full", "--user=root"], check=False)
+            deadline = time.time() + 60
+            while time.time() < deadline:
+                out = self.run(["squeue", "-h", "-o", "%i"], check=False)
+                if out.returncode == 0 and not out.stdout.strip():
+                    break
+                time.sleep(0.5)
+            time.sleep(1)  # slurmstepd reports to slurmd last
         for name in reversed(list(self.pids)):
             pid = self.pids.pop(name)
             try:

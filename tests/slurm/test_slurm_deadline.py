@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from pretrain.train.budget import JobDeadline, parse_time_left, slurm_job_ref
 from pretrain.train.config import ConfigError, parse_slurm_time
-from pretrain.train.preemption import PreemptionFlag, checkpoint_signals, install_early
+from pretrain.train.preemption import PreemptionFlag, checkpoint_signals, ignore_late, install_early
 
 
 @pytest.mark.parametrize("text, seconds", [
@@ -128,6 +128,12 @@ def test_checkpoint_signal_is_configurable_and_kept_from_before_the_loop():
                 return True
 
         assert PreemptionFlag(checkpoint_signals("USR1"), deadline=Near()).local
+        # After the loop a late signal is ignored: CPython would reset a Python handler to the
+        # default (terminate) while the rank exits, and the node would look failed.
+        ignore_late("USR2")
+        assert signal.getsignal(signal.SIGUSR2) == signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGUSR2)
+        assert signal.getsignal(signal.SIGTERM) != signal.SIG_IGN  # SIGTERM still ends a stuck rank
     finally:
         for s, h in previous.items():
             signal.signal(s, h)

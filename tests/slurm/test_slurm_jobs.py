@@ -17,7 +17,7 @@ import time
 
 import psutil
 
-from launch_helpers import COMMON, launch, losses, metrics, run_env, start
+from launch_helpers import COMMON, kill_tree, launch, losses, metrics, run_env, start
 
 TIMEOUT = 420  # per wait; a loaded 2-core machine starts a 4-rank attempt in ~60 s
 
@@ -186,7 +186,7 @@ def elapsed_seconds(slurm, job) -> int:
 
 
 def test_preemption_time_limit_and_safety_net_requeue_then_cap_then_the_chain_finishes_with_identical_losses(
-        slurm, tiny_data, tmp_path):
+        slurm, tiny_data, tmp_path, request):
     """One run, two nodes x one rank, checkpoint signal USR2, cluster.chain=3, max_requeues=2.
     Job 1 is stopped three times, each time by another mechanism, and checkpoints every time:
       attempt 1: scancel --signal=USR2 --batch (preemption by hand)         -> requeue 1
@@ -205,7 +205,8 @@ def test_preemption_time_limit_and_safety_net_requeue_then_cap_then_the_chain_fi
                  "cluster.time=10", "cluster.signal_grace=300", "cluster.time_margin=150", "cluster.time_poll=1",
                  "cluster.max_requeues=2", "cluster.chain=3", "+cluster.env.OMP_NUM_THREADS=1", *train)
     assert sub.returncode == 0, sub.stderr
-    reference = start(root, tiny_data, "ref2", "precision=fp32", "cluster.nproc=2", *train)
+    reference = start(root, tiny_data, "ref2", "precision=fp32", "cluster.nproc=2", *train)  # alongside
+    request.addfinalizer(lambda: reference.poll() is None and kill_tree(reference))  # if the test fails early
     run_dir = os.path.join(root, "long")
     first, second, third = job_ids(run_dir)
     assert f"job {second} after {first} (afterany)" in sub.stdout and f"scancel {first} {second} {third}" in sub.stdout
