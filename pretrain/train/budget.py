@@ -157,5 +157,5 @@ class JobDeadline:
         if left is None or left >= self.margin:
             return False
         self._once("near", f"SLURM job {self.job_ref} has about {max(left, 0):.0f}s left (< cluster.time_margin="
-                           f"{self.margin:.0f}s): checkpointing and stopping; the batch script requeues the job")
+                           f"{self.margin:.0f}s): checkpointing and stopping, so the job can be requeued")
         return True
