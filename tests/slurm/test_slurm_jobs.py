@@ -284,6 +284,11 @@ def test_sweep_submits_one_job_per_combination_each_with_its_own_run_directory(s
     slurm.run(["scontrol", "release", job0], check=False)
     lines = [line for line in again.stderr.splitlines() if line.strip()]
     assert again.returncode == 2 and len(lines) == 1 and f"already has SLURM job {job0}" in lines[0], again.stderr
+    # What SLURM itself would refuse is found by sbatch --test-only before anything is written.
+    refused = submit(slurm, root, tiny_data, "nowhere", "cluster.partition=gpu-that-does-not-exist")
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1 and "sbatch --test-only refused the job" in lines[0], refused.stderr
+    assert "partition" in lines[0] and not os.path.exists(os.path.join(root, "nowhere"))
     for num, lr, job in ((0, 0.001, job0), (1, 0.002, job1)):
         run_dir = os.path.join(root, f"sw-{num}")
         info = slurm.wait_job(job, timeout=TIMEOUT)
