@@ -62,22 +62,17 @@ def launch(cfg: DictConfig) -> int:
             print("would run: " + shlex.join(torchrun_command(cfg, f"{cfg.run.root}/{cfg.run.name}", port=29500)))
         return 0
     run_dir = prepare_run_dir(cfg)
-    print(f"run directory: {run_dir}", flush=True)
     if world == 1:
         from pretrain.finetune.train import finetune
 
+        print(f"run directory: {run_dir}", flush=True)
         finetune(cfg, run_dir)
         return 0
-    from launch.local import run_local
-    from launch.worker import first_rank_error
+    from launch.local import LocalLauncher
     from pretrain.finetune.model import resolve_backbone
 
     resolve_backbone(cfg.model.path, run_dir)  # export a run dir's checkpoint once, before the ranks start
-    code = run_local(cfg, run_dir)
-    if code != 0:
-        message = first_rank_error(run_dir) or f"the ranks exited with code {code}; see {run_dir}/logs/"
-        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
-    return code
+    return LocalLauncher().launch(cfg, run_dir)
 
 
 @hydra.main(config_path="pkg://conf", config_name="finetune", version_base="1.3")

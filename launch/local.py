@@ -1,14 +1,16 @@
-"""Start the ranks of a run on this machine with torchrun."""
+"""cluster=local: start the ranks of a run on this machine with torchrun."""
 from __future__ import annotations
 
 import os
-import shlex
 import signal
 import socket
-import subprocess
 import sys
 
 from omegaconf import DictConfig
+
+from launch.agent import RANK_MODULE, run_agent
+
+PROG = "pretrain-launch"
 
 
 def free_port() -> int:
@@ -17,18 +19,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_command(cfg: DictConfig, run_dir: str, port: int | None = None) -> list[str]:
-    port = port or cfg.cluster.master_port or free_port()
+def torchrun_command(cfg: DictConfig, run_dir: str, *, port, master_addr: str | None = None, node_rank: int = 0,
+                     log_dir: str | None = None, rendezvous: str = "static", run_id: str = "none") -> list[str]:
+    """torchrun for one node's `cluster.nproc` ranks. Static rendezvous: node rank given, node 0
+    hosts the store at master_addr:port. c10d: torchrun's elastic rendezvous at that endpoint."""
+    addr = master_addr or cfg.cluster.master_addr
+    if rendezvous == "c10d":
+        where = ["--rdzv-backend=c10d", f"--rdzv-endpoint={addr}:{port}", f"--rdzv-id={run_id}"]
+    else:
+        where = [f"--node-rank={node_rank}", f"--master-addr={addr}", f"--master-port={port}"]
     return [
         sys.executable, "-m", "torch.distributed.run",
         f"--nnodes={cfg.cluster.nnodes}",
         f"--nproc-per-node={cfg.cluster.nproc}",
-        f"--master-addr={cfg.cluster.master_addr}",
-        f"--master-port={port}",
+        *where,
         # Rank stdout (progress, logs) is shown and kept; rank stderr (tracebacks, library
         # noise) is kept in files only: the launcher prints the one line that matters.
-        f"--log-dir={os.path.join(run_dir, 'logs', 'ranks')}", "--redirects=2", "--tee=1",
-        "--module", "launch.worker", run_dir,
+        f"--log-dir={log_dir or os.path.join(run_dir, 'logs', 'ranks')}", "--redirects=2", "--tee=1",
+        "--module", RANK_MODULE, run_dir,
     ]
 
 
@@ -45,45 +53,35 @@ def rank_environment() -> dict[str, str]:
     return env
 
 
-def run_local(cfg: DictConfig, run_dir: str) -> int:
-    cmd = torchrun_command(cfg, run_dir)
-    print("+ " + shlex.join(cmd), flush=True)
-    agent_log = open(os.path.join(run_dir, "logs", "torchrun.log"), "ab")
-    proc = subprocess.Popen(cmd, env=rank_environment(), start_new_session=True, stderr=agent_log)
+class LocalLauncher:
+    """torchrun on this machine; the launcher process stays and forwards Ctrl-C / SIGTERM to the
+    ranks as the checkpoint signal (they save and exit)."""
 
-    def forward(signum, _frame):
-        # Tell the ranks directly (SIGUSR1 = checkpoint and exit): signalling torchrun would make
-        # it kill the ranks after its own short grace period, possibly mid-save.
-        for child in _rank_processes(proc.pid):
-            try:
-                child.send_signal(signal.SIGUSR1)
-            except Exception:  # already gone
-                pass
+    def check(self, cfg: DictConfig, submit: bool) -> None:
+        from pretrain.train.config import ConfigError
 
-    for sig in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT):
-        signal.signal(sig, forward)
-    try:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:
-                continue
-    finally:
-        agent_log.close()
+        if cfg.cluster.nnodes != 1:
+            raise ConfigError(
+                f"config key 'cluster.nnodes' = {cfg.cluster.nnodes}; cluster=local starts one node, use cluster=slurm for more"
+            )
 
+    def describe(self, cfg: DictConfig, run_dir: str) -> str:
+        import shlex
 
-def _rank_processes(torchrun_pid: int):
-    import psutil
+        port = cfg.cluster.master_port or "<free port>"
+        return "would run: " + shlex.join(torchrun_command(cfg, run_dir, port=port))
 
-    try:
-        children = psutil.Process(torchrun_pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return []
-    return [c for c in children if _is_rank(c)]
+    def launch(self, cfg: DictConfig, run_dir: str) -> int:
+        import shlex
 
+        print(f"run directory: {run_dir}", flush=True)
+        cmd = torchrun_command(cfg, run_dir, port=cfg.cluster.master_port or free_port())
+        print("+ " + shlex.join(cmd), flush=True)
+        with open(os.path.join(run_dir, "logs", "torchrun.log"), "ab") as agent_log:
+            code = run_agent(cmd, rank_environment(), signal.Signals[f"SIG{cfg.cluster.signal}"], agent_log)
+        if code != 0:
+            from launch.worker import first_rank_error
 
-def _is_rank(process) -> bool:
-    try:
-        return "launch.worker" in " ".join(process.cmdline())
-    except Exception:
-        return False
+            message = first_rank_error(run_dir) or f"the ranks exited with code {code}; see {run_dir}/logs/"
+            print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+        return code

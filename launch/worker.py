@@ -15,19 +15,39 @@ from omegaconf import OmegaConf
 from launch.errors import user_error_types
 
 
-def first_rank_error(run_dir: str) -> str | None:
-    """The first user error any rank reported, else the tail of the first rank traceback found."""
+def first_rank_error(run_dir: str, ranks_log_dir: str | None = None) -> str | None:
+    """The first user error any rank reported, else the tail of the first rank traceback found
+    (under `ranks_log_dir` when given: one SLURM attempt's logs, not older ones)."""
     for path in sorted(glob.glob(os.path.join(run_dir, "logs", "error-rank*.txt"))):
         with open(path) as f:
             line = f.readline().strip()
         if line:
             return line
-    for path in sorted(glob.glob(os.path.join(run_dir, "logs", "ranks", "**", "stderr.log"), recursive=True)):
+    logs = ranks_log_dir or os.path.join(run_dir, "logs", "ranks")
+    for path in sorted(glob.glob(os.path.join(logs, "**", "stderr.log"), recursive=True)):
         with open(path, errors="replace") as f:
             lines = [line.rstrip() for line in f if line.strip()]
         if any("Traceback" in line for line in lines):
             return f"a rank crashed: {lines[-1]} (full traceback: {path})"
     return None
+
+
+def _catch_checkpoint_signals_early(run_dir: str) -> str:
+    """Install the checkpoint-signal handlers before the slow imports and engine setup, so a
+    preemption that comes during start-up is kept (pretrain/train/preemption.py). Returns the
+    signal's name."""
+    from pretrain.train.preemption import checkpoint_signals, install_early
+    from pretrain.train.rundir import CONFIG_NAME
+
+    try:
+        from omegaconf import OmegaConf
+
+        name = str(OmegaConf.load(os.path.join(run_dir, CONFIG_NAME)).cluster.signal)
+        signals = checkpoint_signals(name)
+    except Exception:  # unreadable config: load_run_config below reports it properly
+        name, signals = "USR1", checkpoint_signals()
+    install_early(signals)
+    return name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,13 +56,14 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m launch.worker <run dir>", file=sys.stderr)
         return 2
     run_dir = argv[0]
+    signal_name = _catch_checkpoint_signals_early(run_dir)
     rank = os.environ.get("RANK", "0")
     error_file = os.path.join(run_dir, "logs", f"error-rank{rank}.txt")
     if os.path.exists(error_file):
         os.remove(error_file)
     try:
-        from launch.rundir import CONFIG_NAME, load_run_config
         from pretrain.finetune.config import is_finetune_config
+        from pretrain.train.rundir import CONFIG_NAME, load_run_config
 
         raw = OmegaConf.load(os.path.join(run_dir, CONFIG_NAME)) if os.path.isfile(os.path.join(run_dir, CONFIG_NAME)) else {}
         if is_finetune_config(raw):  # pretrain-finetune with cluster.nproc > 1
@@ -60,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             f.write(f"{e}\n")
         print(f"[rank {rank}] error: {e}", file=sys.stderr, flush=True)
         return 2
+    finally:
+        from pretrain.train.preemption import ignore_late
+
+        ignore_late(signal_name)
     return 0
 
 

@@ -78,6 +78,12 @@ def first_slurm_host(nodelist: str) -> str:
     return prefix if not ranges else prefix + ranges.split(",")[0].split("-")[0]
 
 
+def slurm_master_port(job_id) -> int:
+    """The rendezvous port of a SLURM job: every node derives the same one from the job id, and
+    jobs sharing a node rarely collide (15000-29999: below Linux's ephemeral port range)."""
+    return 15000 + int(job_id) % 15000
+
+
 def _accelerator():
     # Imported lazily: importing deepspeed.accelerator picks the accelerator (DS_ACCELERATOR).
     from deepspeed.accelerator import get_accelerator
@@ -125,7 +131,8 @@ def detect(env: Optional[Mapping[str, str]] = None, backend: Optional[str] = Non
             nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
             if "MASTER_ADDR" not in os.environ and nodelist:
                 os.environ["MASTER_ADDR"] = first_slurm_host(nodelist)
-            os.environ.setdefault("MASTER_PORT", "29500")
+            if env.get("SLURM_JOB_ID"):
+                os.environ.setdefault("MASTER_PORT", str(slurm_master_port(env["SLURM_JOB_ID"])))
     else:  # plain `python script.py`
         rank, world, local_rank, local_world, node_rank, num_nodes = 0, 1, 0, 1, 0, 1
     if not 0 <= rank < world:

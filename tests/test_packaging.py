@@ -19,7 +19,8 @@ def test_wheel_contains_packages_and_configs_and_launches(tmp_path, prepared_dem
         names = set(z.namelist())
         z.extractall(site)
     for needed in ("conf/train.yaml", "conf/prepare.yaml", "conf/model/bert-base.yaml", "conf/parallel/zero3.yaml",
-                   "launch/worker.py", "pretrain/model/pretraining.py", "parallel/engine.py"):
+                   "launch/worker.py", "pretrain/model/pretraining.py", "parallel/engine.py",
+                   "slurm/pretrain.sbatch", "conf/cluster/slurm.yaml"):
         assert needed in names, needed
     env = dict(os.environ, PYTHONPATH=str(site))
     code = ("import launch, sys; assert launch.__file__.startswith(sys.argv[1]), launch.__file__; "

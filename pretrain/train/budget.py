@@ -1,4 +1,6 @@
-"""When to stop: max steps, tokens or wall-clock time, whichever comes first."""
+"""When to stop: max steps, tokens or wall-clock time, whichever comes first (Budget), and the
+SLURM job's own time limit (JobDeadline), which stops a run like a preemption: checkpoint, exit 0,
+requeue; the run is not finished."""
 from __future__ import annotations
 
 import time
@@ -32,3 +34,128 @@ class Budget:
     @property
     def total_steps_hint(self) -> Optional[int]:
         return self.max_steps
+
+
+def slurm_job_ref(env) -> Optional[str]:
+    """How SLURM commands name this job: `<array job>_<task>` inside an array (the bare array
+    job id would address every task of the array), else SLURM_JOB_ID; None outside SLURM."""
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    return env.get("SLURM_JOB_ID") or None
+
+
+def parse_time_left(text: str) -> Optional[float]:
+    """`squeue -o %L` output -> seconds; None when there is no limit or SLURM cannot say
+    (UNLIMITED, NOT_SET, INVALID, empty). Raises ValueError on anything else."""
+    from pretrain.train.config import ConfigError, parse_slurm_time
+
+    text = (text or "").strip()
+    if not text or text.upper() in ("NOT_SET", "INVALID", "N/A"):
+        return None
+    try:
+        return parse_slurm_time(text, key="squeue %L")
+    except ConfigError:
+        raise ValueError(f"unexpected squeue time left {text!r}") from None
+
+
+def squeue_time_left(job_ref: str, timeout: float = 15.0) -> Optional[float]:
+    import subprocess
+
+    result = subprocess.run(["squeue", "-h", "-j", job_ref, "-o", "%L"], capture_output=True, text=True,
+                            timeout=timeout)
+    lines = result.stdout.strip().splitlines()
+    if result.returncode != 0 or not lines:
+        raise OSError((result.stderr.strip().splitlines() or [f"squeue exit code {result.returncode}"])[0])
+    return parse_time_left(lines[0])
+
+
+class JobDeadline:
+    """The SLURM safety net: true once the job has less than `margin` seconds left.
+
+    Asks `squeue -h -j <job> -o %L` at most every `poll_every` seconds (one process per job calls
+    this; a per-step query would load slurmctld) and counts down in between. Where squeue is not
+    available (inside a container) it counts down from the time left the batch script saw at
+    start (PRETRAIN_JOB_TIME_LEFT at PRETRAIN_JOB_TIME_LEFT_AT). Never raises: a failed query keeps
+    the last estimate, and no estimate means no deadline.
+    """
+
+    def __init__(self, job_ref: str, margin: float, poll_every: float = 60.0, query=None,
+                 fallback: Optional[tuple[str, float]] = None, clock=time.time, log=print):
+        import shutil
+
+        self.job_ref, self.margin, self.poll_every = job_ref, float(margin), float(poll_every)
+        self._query = query if query is not None else (squeue_time_left if shutil.which("squeue") else None)
+        self._fallback, self._clock, self._log = fallback, clock, log
+        self._left: Optional[float] = None      # seconds left at _seen_at
+        self._seen_at = 0.0
+        self._next_poll = float("-inf")
+        self._said: set[str] = set()
+
+    @classmethod
+    def from_env(cls, cluster, env=None, log=print) -> Optional["JobDeadline"]:
+        """The deadline of the SLURM job this process runs in; None outside SLURM or with
+        cluster.time_margin = 0."""
+        import os
+
+        env = os.environ if env is None else env
+        job_ref = slurm_job_ref(env)
+        if job_ref is None or not cluster.time_margin:
+            return None
+        fallback = None
+        if env.get("PRETRAIN_JOB_TIME_LEFT") and env.get("PRETRAIN_JOB_TIME_LEFT_AT"):
+            try:
+                fallback = (env["PRETRAIN_JOB_TIME_LEFT"], float(env["PRETRAIN_JOB_TIME_LEFT_AT"]))
+            except ValueError:
+                fallback = None
+        return cls(job_ref, cluster.time_margin, cluster.time_poll, fallback=fallback, log=log)
+
+    def _once(self, key: str, message: str) -> None:
+        if key not in self._said:
+            self._said.add(key)
+            self._log(message)
+
+    def _poll(self, now: float) -> None:
+        self._next_poll = now + self.poll_every
+        if self._query is not None:
+            try:
+                self._left, self._seen_at = self._query(self.job_ref), now
+                how = f"squeue, every {self.poll_every:.0f}s"
+            except Exception as e:  # unreachable controller, timeout, odd output: keep the estimate
+                self._once("query-failed", f"warning: cannot read the SLURM job's time left ({e}); "
+                                           "keeping the last estimate")
+                return
+        elif self._fallback is not None:
+            text, seen_at = self._fallback
+            try:
+                self._left, self._seen_at = parse_time_left(text), seen_at
+            except ValueError as e:
+                self._left = None
+                self._once("fallback-bad", f"warning: {e}; no SLURM time-limit safety net")
+            self._fallback = None
+            self._query = None
+            how = "the batch script's squeue at job start (no squeue here)"
+        else:
+            self._once("none", "warning: squeue not found and no time left from the batch script; "
+                               "no SLURM time-limit safety net")
+            return
+        if self._left is None:
+            self._once("unlimited", f"SLURM job {self.job_ref}: no time limit known; no safety net needed")
+        else:
+            self._once("first", f"SLURM job {self.job_ref}: {self._left:.0f}s left ({how}); checkpointing "
+                                f"and stopping when less than cluster.time_margin={self.margin:.0f}s remain")
+
+    def seconds_left(self) -> Optional[float]:
+        now = self._clock()
+        if now >= self._next_poll:
+            self._poll(now)
+        if self._left is None:
+            return None
+        return self._left - (now - self._seen_at)
+
+    def near(self) -> bool:
+        left = self.seconds_left()
+        if left is None or left >= self.margin:
+            return False
+        self._once("near", f"SLURM job {self.job_ref} has about {max(left, 0):.0f}s left (< cluster.time_margin="
+                           f"{self.margin:.0f}s): checkpointing and stopping, so the job can be requeued")
+        return True

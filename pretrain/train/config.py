@@ -64,24 +64,52 @@ class TrainerConfig:
     loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)
 
 
+# Allowed values of the cluster keys (one place; the launchers and the sbatch template use them).
+CLUSTER_KINDS = ("local", "slurm")
+CHECKPOINT_SIGNALS = ("USR1", "USR2")   # SIGTERM always checkpoints too; NCCL may take USR1 -> USR2
+RENDEZVOUS = ("static", "c10d")         # torchrun between nodes: node rank from SLURM, or elastic c10d
+
+
+@dataclass
+class ContainerConfig:
+    """pyxis/enroot flags for every srun of the job (empty image = no container)."""
+    image: Optional[str] = None          # --container-image (e.g. nvcr.io#nvidia/pytorch:24.05-py3)
+    mounts: list[str] = field(default_factory=list)   # --container-mounts (src:dst), the run dir must be in one
+    workdir: Optional[str] = None        # --container-workdir
+    extra: list[str] = field(default_factory=list)    # more srun flags for the container (--container-writable ...)
+
+
 @dataclass
 class ClusterConfig:
-    kind: str = "local"
-    nproc: int = 1
+    kind: str = "local"                  # CLUSTER_KINDS
+    nproc: int = 1                       # processes (ranks) per node; on GPU nodes: GPUs per node
     nnodes: int = 1
-    master_addr: str = "127.0.0.1"
-    master_port: int = 0
-    # SLURM (used when kind == "slurm")
+    master_addr: str = "127.0.0.1"       # local only; SLURM: the first node of the job
+    master_port: int = 0                 # 0 = a free port (local) / derived from the job id (SLURM)
+    signal: str = "USR1"                 # CHECKPOINT_SIGNALS: checkpoint at the next step, then exit 0
+    time_margin: int = 0                 # SLURM safety net: stop when the job has less left (s); 0 = off
+    time_poll: int = 60                  # seconds between squeue polls of the job's time left (rank 0)
+    # SLURM (kind == "slurm"); conf/cluster/slurm.yaml sets the defaults
     partition: Optional[str] = None
     account: Optional[str] = None
-    time: Optional[str] = None
-    gpus_per_node: int = 0
-    cpus_per_task: Optional[int] = None
-    mem: Optional[str] = None
-    signal_seconds: int = 120
-    requeue: bool = True
-    extra_sbatch: list[str] = field(default_factory=list)
-    setup: list[str] = field(default_factory=list)   # shell lines run before srun (module load ...)
+    qos: Optional[str] = None
+    time: Optional[str] = None           # SLURM --time: minutes, MM:SS, HH:MM:SS, D-HH[:MM[:SS]]
+    gpus_per_node: int = 0               # 0 = CPU nodes (gloo); else == nproc (one rank per GPU, nccl)
+    cpus_per_task: Optional[int] = None  # CPUs for one node's task (all its ranks and loader workers)
+    mem: Optional[str] = None            # per node, SLURM syntax (64G, 0 = all of it)
+    constraint: Optional[str] = None
+    exclusive: bool = False
+    exclude: Optional[str] = None        # nodes to avoid (SLURM node list)
+    signal_grace: int = 180              # --signal=B:<signal>@<grace>: seconds before the time limit
+    max_requeues: int = 3                # requeues after a checkpoint signal (SLURM_RESTART_COUNT cap)
+    chain: int = 1                       # dependent jobs (afterany), each resuming the run
+    rendezvous: str = "static"           # RENDEZVOUS
+    python: Optional[str] = None         # interpreter on the nodes; None = the one that submitted
+    extra_sbatch: list[str] = field(default_factory=list)   # more #SBATCH options ("--reservation=x")
+    srun_args: list[str] = field(default_factory=list)      # more flags for the ranks' srun
+    setup: list[str] = field(default_factory=list)          # shell lines before srun (module load ...)
+    env: dict[str, str] = field(default_factory=dict)       # exported in the job (NCCL_* ...)
+    container: ContainerConfig = field(default_factory=ContainerConfig)
 
 
 @dataclass
@@ -110,7 +138,9 @@ _CHOICES = {
     "optim.name": ("adamw", "lamb"),
     "optim.impl": ("torch", "deepspeed"),
     "schedule.name": ("linear", "cosine", "constant", "wsd"),
-    "cluster.kind": ("local", "slurm"),
+    "cluster.kind": CLUSTER_KINDS,
+    "cluster.signal": CHECKPOINT_SIGNALS,
+    "cluster.rendezvous": RENDEZVOUS,
     "trainer.on_nonfinite": NONFINITE_POLICIES,
     "trainer.loss_spike.action": SPIKE_ACTIONS,
     "parallel.backend": (None, *BACKENDS),
@@ -214,12 +244,56 @@ def _check_relations(cfg: DictConfig) -> None:
     except ValueError as e:
         raise ConfigError(f"config key {e}") from None
     check_run_name(cfg.run.name)
+    _check_cluster(cfg)
 
 
 def check_run_name(name: str) -> None:
     """run.name becomes a directory under run.root (pretraining and fine-tuning alike)."""
     if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", name) or ".." in name:
         raise ConfigError(f"config key 'run.name' = {name!r}; use letters, digits and ._-=,+/ only")
+
+
+def _check_cluster(cfg: DictConfig) -> None:
+    """Cluster values that are wrong whatever the launcher (the launchers add their own checks)."""
+    c = cfg.cluster
+    world = c.nnodes * c.nproc
+    if world % cfg.parallel.pipeline_stages:
+        raise ConfigError(
+            f"config: cluster.nnodes x cluster.nproc = {c.nnodes} x {c.nproc} = {world} processes is not "
+            f"divisible by parallel.pipeline_stages={cfg.parallel.pipeline_stages}"
+        )
+    for key in ("time_margin", "max_requeues", "gpus_per_node", "master_port"):
+        if c[key] < 0:
+            raise ConfigError(f"config key 'cluster.{key}' = {c[key]!r}; must be >= 0")
+    for key in ("signal_grace", "chain", "time_poll"):
+        if c[key] <= 0:
+            raise ConfigError(f"config key 'cluster.{key}' = {c[key]!r}; must be > 0")
+    if c.cpus_per_task is not None and c.cpus_per_task <= 0:
+        raise ConfigError(f"config key 'cluster.cpus_per_task' = {c.cpus_per_task!r}; must be > 0 (or null)")
+    for key in ("partition", "account", "qos", "constraint", "exclude", "mem", "time", "python"):
+        if c[key] is not None and not str(c[key]).strip():
+            raise ConfigError(f"config key 'cluster.{key}' is empty; leave it unset (null) for the cluster's default")
+    if c.gpus_per_node and c.gpus_per_node != c.nproc:
+        raise ConfigError(
+            f"config: cluster.gpus_per_node={c.gpus_per_node} but cluster.nproc={c.nproc}; one rank per GPU: "
+            f"set cluster.nproc={c.gpus_per_node} (or gpus_per_node=0 for CPU nodes)"
+        )
+    if c.mem is not None and not re.fullmatch(r"\d+[KMGT]?", str(c.mem).strip()):
+        raise ConfigError(f"config key 'cluster.mem' = {c.mem!r}; expected SLURM memory like 64G, 500M or 0 (all)")
+    if c.time is not None:
+        limit = parse_slurm_time(c.time, key="cluster.time")
+        if limit is not None and c.signal_grace >= limit:
+            raise ConfigError(
+                f"config: cluster.signal_grace={c.signal_grace}s is not shorter than cluster.time={c.time!r} "
+                f"({limit:.0f}s): the checkpoint signal would come at the start of the job"
+            )
+        if limit is not None and c.time_margin >= limit:
+            raise ConfigError(
+                f"config: cluster.time_margin={c.time_margin}s is not shorter than cluster.time={c.time!r} ({limit:.0f}s)"
+            )
+    for name in c.env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", str(name)):
+            raise ConfigError(f"config key 'cluster.env.{name}': not a valid environment variable name")
 
 
 def parse_duration(value: Union[str, int, float]) -> float:
@@ -237,6 +311,37 @@ def parse_duration(value: Union[str, int, float]) -> float:
         return float(text)
     except ValueError:
         raise ConfigError(f"config key 'trainer.max_time' = {value!r}; expected seconds or HH:MM:SS") from None
+
+
+_UNLIMITED = ("UNLIMITED", "INFINITE")
+_SLURM_TIME = re.compile(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?")
+
+
+def parse_slurm_time(value: Union[str, int], key: str = "cluster.time") -> Optional[float]:
+    """SLURM's time syntax -> seconds; None for UNLIMITED/INFINITE.
+
+    Accepts what `sbatch --time` accepts (minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) and
+    therefore what `squeue -o %L` prints (M:SS, H:MM:SS, D-HH:MM:SS). A bare number is minutes.
+    """
+    text = str(value).strip()
+    if text.upper() in _UNLIMITED:
+        return None
+    m = _SLURM_TIME.fullmatch(text)
+    if m is None:
+        raise ConfigError(
+            f"config key {key!r} = {value!r}; expected SLURM time: minutes, MM:SS, HH:MM:SS, "
+            "D-HH, D-HH:MM, D-HH:MM:SS or UNLIMITED"
+        )
+    days, a, b, c = (None if g is None else int(g) for g in m.groups())
+    if days is not None:
+        hours, minutes, seconds = a, b or 0, c or 0
+    elif c is not None:
+        hours, minutes, seconds = a, b, c
+    elif b is not None:
+        hours, minutes, seconds = 0, a, b
+    else:
+        hours, minutes, seconds = 0, a, 0
+    return float((((days or 0) * 24 + hours) * 60 + minutes) * 60 + seconds)
 
 
 def config_hash(cfg: DictConfig) -> str:

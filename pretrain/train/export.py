@@ -13,8 +13,7 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
     from pretrain.model.config import ModelConfig
     from pretrain.shardformat import load_manifest
     from pretrain.train.checkpoint_manager import CheckpointManager, ResumeError
-
-    from launch.rundir import load_run_config
+    from pretrain.train.rundir import load_run_config
 
     cfg = load_run_config(run_dir)
     if checkpoint is None:

@@ -13,12 +13,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from parallel.topology import all_gather_object, barrier, reduce_sum
 from pretrain.data import merge_cursors
-from pretrain.train.budget import Budget
+from pretrain.train.budget import Budget, JobDeadline
 from pretrain.train.build import build_everything
 from pretrain.train.evaluate import evaluate
 from pretrain.train.nonfinite import NonFiniteError, NonFiniteState, Watchdog
-from pretrain.train.preemption import PreemptionFlag
+from pretrain.train.preemption import PreemptionFlag, checkpoint_signals
 from pretrain.train.progress import Progress
+from pretrain.train.rundir import mark_finished
 from pretrain.train.state import TrainState
 from pretrain.train.throughput import Meter, peak_flops_per_device
 
@@ -28,7 +29,9 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     topo, engine, loader, tracker = parts.topo, parts.engine, parts.train_loader, parts.tracker
     state, log = parts.state, parts.log
     budget = Budget(cfg.trainer.max_steps, cfg.trainer.max_tokens, cfg.trainer.max_time)
-    preempt = PreemptionFlag()
+    # SLURM time-limit safety net: rank 0 polls, the all-reduce below tells every rank.
+    deadline = JobDeadline.from_env(cfg.cluster, log=log) if topo.rank == 0 else None
+    preempt = PreemptionFlag(checkpoint_signals(cfg.cluster.signal), deadline=deadline)
     peak = peak_flops_per_device(cfg.precision.dtype, cfg.trainer.peak_flops)
     meter = Meter()
     progress = Progress(cfg.trainer.max_steps, state.step, enabled=cfg.trainer.progress and topo.rank == 0)
@@ -69,7 +72,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
             run_eval(engine, parts, cfg, tracker, state.step, log)
         stop_reason = budget.exhausted(state.step, state.consumed_tokens, out_of_time > 0)
         if preempted:
-            stop_reason = "preempted by a signal"
+            stop_reason = "preempted (checkpoint signal or the job's time limit)"
         if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:
             save_checkpoint(cfg, parts, state, watchdog, progress)
     progress.close()
@@ -87,6 +90,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
 
         export_run(run_dir, os.path.join(run_dir, "export"), log=log)
     barrier()
+    if topo.rank == 0:  # a requeued or chained SLURM job finds this and has nothing left to do
+        mark_finished(run_dir, state.step, stop_reason)
 
 
 def run_eval(engine, parts, cfg, tracker, step: int, log) -> None:

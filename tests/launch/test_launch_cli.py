@@ -61,6 +61,16 @@ def test_multirun_sweep_makes_one_run_per_value(tmp_path, tiny_data):
         run_dir = tmp_path / "runs" / f"sw-{num}"
         assert (run_dir / "metrics.jsonl").exists()
         assert f"lr: {lr}" in (run_dir / "config.yaml").read_text()
+    status = subprocess.run([sys.executable, "-m", "launch.status", str(tmp_path / "runs" / "sw-0")],
+                            capture_output=True, text=True, timeout=120, env=run_env())
+    assert status.returncode == 0, status.stderr
+    for needle in ("cluster=local, 1 node(s) x 1 process(es)", "finished at step 2 (max_steps=2)",
+                   "checkpoint  step 2", "last logged step 2: train/loss="):
+        assert needle in status.stdout, (needle, status.stdout)
+    assert "job" not in status.stdout  # a local run has no SLURM jobs
+    bad = subprocess.run([sys.executable, "-m", "launch.status", str(tmp_path / "nope")], capture_output=True,
+                         text=True, timeout=120, env=run_env())
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "config.yaml" in bad.stderr
 
 
 def test_other_model_shape_is_refused_then_fresh_moves_the_old_run_aside(tmp_path, tiny_data):

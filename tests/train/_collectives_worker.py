@@ -65,7 +65,7 @@ class RecordingNccl:
 
 def main(run_dir: str, out_json: str) -> int:
     import parallel.topology as topology
-    from launch.rundir import load_run_config
+    from pretrain.train.rundir import load_run_config
     from pretrain.train.loop import train
 
     recorder = RecordingNccl(topology.dist)
