@@ -36,7 +36,8 @@ def launch(cfg: DictConfig) -> int:
     hc = HydraConfig.get() if HydraConfig.initialized() else None
     if hc is not None and hc.mode == RunMode.MULTIRUN:
         cfg.run.name = f"{cfg.run.name}-{hc.job.num}"
-    preflight(cfg)
+    for line in preflight(cfg, overrides=list(hc.overrides.task) if hc is not None else ()):
+        print(line, flush=True)
     if cfg.run.dry_run:
         print(OmegaConf.to_yaml(cfg))
         if cfg.cluster.kind == "local":
