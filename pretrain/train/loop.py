@@ -41,7 +41,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     state, log = parts.state, parts.log
     budget = Budget(cfg.trainer.max_steps, cfg.trainer.max_tokens, cfg.trainer.max_time)
     preempt = PreemptionFlag()
-    peak = peak_flops_per_device(cfg.precision.dtype, cfg.trainer.peak_flops)
+    peak = peak_flops_per_device(cfg.precision.dtype, cfg.trainer.peak_flops, topo.device)
+    log(f"precision {cfg.precision.dtype}; MFU against {peak.line()}")
     meter = Meter()
     progress = Progress(cfg.trainer.max_steps, state.step, enabled=cfg.trainer.progress and topo.rank == 0)
     batches = iter(loader)
@@ -68,7 +69,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         meter.add(tokens, samples, parts.flops_for(micro, metrics), data_seconds)
         progress.update(state.step, metrics.get("loss"))
         if state.step % cfg.trainer.log_every == 0:
-            tracker.log(_train_metrics(metrics, meter.summary(topo.world_size, peak, topo.device), state), state.step)
+            tracker.log(_train_metrics(metrics, meter.summary(topo.world_size, peak.flops, topo.device), state), state.step)
             meter.reset()
         if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
             run_eval(engine, parts, cfg, tracker, state.step, log)
