@@ -1,11 +1,15 @@
 """A non-editable install (the wheel) carries every package and the Hydra tree and runs."""
 from __future__ import annotations
 
+import ast
 import glob
 import os
+import re
 import subprocess
 import sys
 import zipfile
+
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -18,7 +22,13 @@ def test_wheel_contains_packages_and_configs_and_launches(tmp_path, prepared_dem
     with zipfile.ZipFile(wheel) as z:
         names = set(z.namelist())
         z.extractall(site)
-    for needed in ("conf/train.yaml", "conf/prepare.yaml", "conf/model/bert-base.yaml", "conf/parallel/zero3.yaml",
+    metadata = next(n for n in names if n.endswith(".dist-info/METADATA"))
+    with zipfile.ZipFile(wheel) as z:
+        requires = {_normal(re.match(r"Requires-Dist: ([A-Za-z0-9._-]+)", line).group(1))
+                    for line in z.read(metadata).decode().splitlines() if line.startswith("Requires-Dist:")
+                    and "extra ==" not in line}
+    assert _declared() <= requires  # what pip installs with the wheel on a fresh machine
+    for needed in ("conf/train.yaml", "conf/precision/auto.yaml", "conf/prepare.yaml", "conf/model/bert-base.yaml", "conf/parallel/zero3.yaml",
                    "launch/worker.py", "pretrain/model/pretraining.py", "parallel/engine.py"):
         assert needed in names, needed
     env = dict(os.environ, PYTHONPATH=str(site))
@@ -29,3 +39,62 @@ def test_wheel_contains_packages_and_configs_and_launches(tmp_path, prepared_dem
                             capture_output=True, text=True, timeout=120, env=env)
     assert result.returncode == 0, result.stderr
     assert "torch.distributed.run" in result.stdout
+
+
+# Imports of the shipped packages vs the dependencies pyproject.toml declares: a module that is
+# imported but not declared works in this venv and breaks a plain `pip install .` elsewhere.
+SHIPPED = ("pretrain", "parallel", "launch", "conf")
+
+
+def _declared() -> set[str]:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        deps = tomllib.load(f)["project"]["dependencies"]
+    return {_normal(re.match(r"[A-Za-z0-9._-]+", d).group(0)) for d in deps}
+
+
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imported_top_level() -> dict[str, set[str]]:
+    """Top-level module -> files importing it, over every .py of the shipped packages (imports
+    inside functions too: they run in the same installs)."""
+    found: dict[str, set[str]] = {}
+    for package in SHIPPED:
+        for path in glob.glob(os.path.join(REPO, package, "**", "*.py"), recursive=True):
+            with open(path) as f:
+                tree = ast.parse(f.read(), path)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    found.setdefault(name.split(".")[0], set()).add(os.path.relpath(path, REPO))
+    return found
+
+
+def test_every_third_party_import_is_a_declared_dependency():
+    from importlib.metadata import packages_distributions
+
+    declared = _declared()
+    to_dist = packages_distributions()
+    undeclared = {}
+    for module, files in sorted(_imported_top_level().items()):
+        if module in sys.stdlib_module_names or module in SHIPPED or module == "__future__":
+            continue
+        dists = {_normal(d) for d in to_dist.get(module, [])}
+        assert dists, f"{module} (imported by {sorted(files)[0]}) is not installed here: which distribution is it?"
+        if not dists & declared:
+            undeclared[module] = sorted(files)
+    assert not undeclared, f"imported but not in pyproject.toml dependencies: {undeclared}"
+    assert {"psutil", "braceexpand", "transformers"} <= declared
+
+
+def test_the_check_sees_imports_inside_functions():
+    imported = _imported_top_level()
+    assert "psutil" in imported and "launch/local.py" in imported["psutil"]  # imported inside a function
+    assert "braceexpand" in imported and "torch" in imported
