@@ -67,9 +67,9 @@ def _operands(dtype: str, device: torch.device, n: int) -> tuple[torch.Tensor, t
     torch_dtype = TORCH_DTYPES[dtype]
     if device.type == "cpu" and torch_dtype is torch.float16:
         torch_dtype = torch.float32  # fp16 compute is a GPU feature; on CPU the honest peak is fp32
-    gen = torch.Generator().manual_seed(n)
-    a = torch.randn(n, n, generator=gen).to(device=device, dtype=torch_dtype)
-    b = torch.randn(n, n, generator=gen).to(device=device, dtype=torch_dtype)
+    gen = torch.Generator(device=device).manual_seed(n)  # never the global RNG: training draws from it
+    a = torch.randn(n, n, generator=gen, device=device).to(torch_dtype)
+    b = torch.randn(n, n, generator=gen, device=device).to(torch_dtype)
     return a, b
 
 

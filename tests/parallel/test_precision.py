@@ -122,3 +122,13 @@ def test_matmul_peak_grows_the_square_within_its_cap_and_records_what_it_measure
 def test_describe_names_the_cpu_features():
     line = device_mod.describe(CPU)
     assert line.startswith("cpu: capability") and "threads" in line
+
+
+def test_probes_leave_the_global_rng_alone():
+    """The MFU probe runs inside training ranks, after the seeds are set."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    device_mod.matmul_peak("fp32", CPU, max_n=256, budget_s=0.01)
+    device_mod.bf16_speed_ratio.__wrapped__("cpu", min_samples=1, budget_s=0.01)
+    assert torch.equal(torch.rand(3), expected)
