@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from typing import Optional
 
 from torch import nn
@@ -22,6 +23,25 @@ UNIVERSAL_DIR = "universal"
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be resumed (half-written, truncated, other model shape)."""
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a run is laid out over processes: what decides whether a checkpoint loads as it is."""
+
+    world_size: int
+    zero_stage: int
+    dtype: str
+    pipeline_stages: int = 1
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A checkpoint that passed `inspect_checkpoint` for a layout, and how to load it."""
+
+    path: str
+    mode: str          # "plain" (same layout) | "universal" (re-sharded through DeepSpeed's format)
+    meta: dict
 
 
 def model_signature(model: nn.Module) -> str:
@@ -120,18 +140,19 @@ def resume_mode(ckpt_dir: str, meta: dict, world_size: int, zero_stage: int, dty
         f"(pipeline {pipeline_stages}); supported: ZeRO-0 -> 0 (same dtype), 1/2 -> 1/2, 3 -> 3")
 
 
-def validate_checkpoint(ckpt_dir: str, model: nn.Module, world_size: int, zero_stage: int, dtype: str,
-                        pipeline_stages: int = 1) -> str:
-    """Everything build_engine/load check before DeepSpeed runs: meta, files, model shape, layout.
+def inspect_checkpoint(ckpt_dir: str, signature: str, layout: Layout) -> Resume:
+    """The one check of a checkpoint before anything loads it: meta, files, model shape, layout.
 
-    Returns "plain" or "universal"; raises CheckpointError (one line). No process group needed,
-    so a trainer can pick the newest checkpoint that passes before calling build_engine.
-    Call with the unwrapped model before deepspeed.initialize (ZeRO-3 partitions parameters).
+    Returns how to load it into `layout`; raises CheckpointError (one line). Pure file checks (no
+    process group, no DeepSpeed), so the trainer can choose what to resume from before building
+    the engine. `signature` is `model_signature` of the unwrapped model (before ZeRO-3 partitions it).
     """
     meta = peek_checkpoint(ckpt_dir)
     verify_files(ckpt_dir, meta)
-    check_compatible(ckpt_dir, meta, model_signature(model))
-    return resume_mode(ckpt_dir, meta, world_size, zero_stage, dtype, pipeline_stages)
+    check_compatible(ckpt_dir, meta, signature)
+    mode = resume_mode(ckpt_dir, meta, layout.world_size, layout.zero_stage, layout.dtype,
+                       layout.pipeline_stages)
+    return Resume(ckpt_dir, mode, meta)
 
 
 def consolidate_fp32(ckpt_dir: str, exclude_frozen: bool = False) -> dict:
@@ -156,7 +177,7 @@ def _stage0_state_dict(ckpt_dir: str) -> dict:
 
     path = os.path.join(ckpt_dir, "mp_rank_00_model_states.pt")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CheckpointError(f"checkpoint {ckpt_dir}: cannot read {os.path.basename(path)} ({e})") from None
     return {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}

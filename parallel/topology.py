@@ -2,8 +2,16 @@
 
 Why one place: torchrun and SLURM spell rank/world/node differently; every other module asks
 `detect()` and never reads those variables itself. The trainer talks to torch.distributed only
-through the helpers here (`all_reduce_sum`, `all_gather_object`, `barrier`, `is_main`), which
-also work in a plain single process without any launcher.
+through the helpers here (`all_reduce_sum`, `reduce_sum`, `all_gather_object`, `barrier`,
+`is_main`). Two rules make the CUDA path the same code as the CPU path:
+- every tensor handed to a collective is first placed on the process group's device
+  (`to_backend_device`: the current CUDA device for NCCL, the CPU for gloo), because a pure NCCL
+  group rejects host tensors;
+- once a process group exists the collectives run at every world size, 1 included, so a device
+  mismatch fails on one GPU exactly as it would on 64. Only without any process group (plain
+  unit tests) are they the identity.
+Pipeline parallelism splits the world into `pipeline_stages` x `dp_size` (DeepSpeed's
+PipeDataParallelTopology: rank = stage * dp_size + dp_rank); data is sharded by dp rank.
 """
 from __future__ import annotations
 
@@ -11,10 +19,12 @@ import datetime
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import torch
 import torch.distributed as dist
+
+BACKENDS = ("nccl", "gloo")
 
 
 @dataclass(frozen=True)
@@ -27,10 +37,25 @@ class Topology:
     num_nodes: int
     device: torch.device
     backend: str
+    pipeline_stages: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas: the ranks that read different data."""
+        return self.world_size // self.pipeline_stages
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank % self.dp_size
+
+    @property
+    def pp_rank(self) -> int:
+        """Pipeline stage of this rank (0 = embeddings, the stage that counts the data)."""
+        return self.rank // self.dp_size
 
 
 def _int(env: Mapping[str, str], *names: str, default: Optional[int] = None) -> Optional[int]:
@@ -65,12 +90,17 @@ def default_backend() -> str:
     return "nccl" if torch.cuda.is_available() else "gloo"
 
 
-def detect(env: Optional[Mapping[str, str]] = None, backend: Optional[str] = None) -> Topology:
+def detect(env: Optional[Mapping[str, str]] = None, backend: Optional[str] = None,
+           pipeline_stages: int = 1) -> Topology:
     """Read torchrun's or SLURM's variables (torchrun wins when both are set).
 
-    Also sets MASTER_ADDR / MASTER_PORT defaults under SLURM so `init_distributed` can rendezvous.
-    `env` is injectable for tests; only the real os.environ is modified.
+    backend: `parallel.backend` (None = nccl where CUDA works, else gloo). pipeline_stages must
+    divide the world size. Also sets MASTER_ADDR / MASTER_PORT defaults under SLURM so
+    `init_distributed` can rendezvous. `env` is injectable for tests; only the real os.environ
+    is modified.
     """
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError(f"parallel.backend={backend!r}: expected one of {', '.join(BACKENDS)} (or null)")
     real = env is None
     env = os.environ if env is None else env
     if "RANK" in env and "WORLD_SIZE" in env:  # torchrun / deepspeed launcher
@@ -105,8 +135,11 @@ def detect(env: Optional[Mapping[str, str]] = None, backend: Optional[str] = Non
         device = torch.device("cpu")
     else:
         device = torch.device(acc.device_name(local_rank % max(1, acc.device_count())))
+    if pipeline_stages < 1 or world % pipeline_stages:
+        raise ValueError(f"parallel.pipeline_stages={pipeline_stages} does not divide the world size {world} "
+                         f"(nodes x processes per node)")
     return Topology(rank, local_rank, world, local_world, node_rank, num_nodes, device,
-                    backend or default_backend())
+                    backend or default_backend(), pipeline_stages)
 
 
 def init_distributed(topo: Topology, timeout: float = 1800.0) -> None:
@@ -135,29 +168,63 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def backend_device() -> torch.device:
+    """Where tensors for the default process group must live: NCCL -> this rank's CUDA device."""
+    if _initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def to_backend_device(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` on the collective's device (the same tensor when it already is there)."""
+    return tensor.to(backend_device(), non_blocking=False)
 
 
 def is_main() -> bool:
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+    return not _initialized() or dist.get_rank() == 0
 
 
 def barrier() -> None:
-    if _distributed():
+    if _initialized():
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum over ranks, in place, and return the tensor (no-op in a single process)."""
-    if _distributed():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+def all_reduce_sum(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Sum over ranks, in place, and return the tensor; a host tensor under NCCL goes to the
+    device and back. Identity only when no process group exists."""
+    if not _initialized():
+        return tensor
+    placed = to_backend_device(tensor)
+    dist.all_reduce(placed, op=dist.ReduceOp.SUM, group=group)
+    if placed is not tensor:
+        tensor.copy_(placed)
     return tensor
+
+
+def all_reduce_max(tensor: torch.Tensor, group=None) -> torch.Tensor:
+    """Max over ranks, in place (same placement rules as all_reduce_sum)."""
+    if not _initialized():
+        return tensor
+    placed = to_backend_device(tensor)
+    dist.all_reduce(placed, op=dist.ReduceOp.MAX, group=group)
+    if placed is not tensor:
+        tensor.copy_(placed)
+    return tensor
+
+
+def reduce_sum(values: Sequence[float], group=None) -> list[float]:
+    """Host numbers summed over ranks (float64, one collective), back as host numbers."""
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    return all_reduce_sum(tensor, group=group).tolist()
 
 
 def all_gather_object(obj: Any) -> list:
     """Every rank's `obj`, ordered by rank (picklable objects)."""
-    if not _distributed():
+    if not _initialized():
         return [obj]
     out: list = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)

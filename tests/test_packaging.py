@@ -44,13 +44,33 @@ def test_wheel_contains_packages_and_configs_and_launches(tmp_path, prepared_dem
 # Imports of the shipped packages vs the dependencies pyproject.toml declares: a module that is
 # imported but not declared works in this venv and breaks a plain `pip install .` elsewhere.
 SHIPPED = ("pretrain", "parallel", "launch", "conf")
+# Optional features and the files that may import their extra's distributions
+# (`pip install ".[finetune]"`); every other file runs with the core dependencies alone.
+EXTRA_SCOPES = {"finetune": ("pretrain/finetune/", "launch/finetune.py")}
+
+
+def _project() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)["project"]
+
+
+def _names(requirements) -> set[str]:
+    return {_normal(re.match(r"[A-Za-z0-9._-]+", d).group(0)) for d in requirements}
 
 
 def _declared() -> set[str]:
-    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
-    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-        deps = tomllib.load(f)["project"]["dependencies"]
-    return {_normal(re.match(r"[A-Za-z0-9._-]+", d).group(0)) for d in deps}
+    return _names(_project()["dependencies"])
+
+
+def _allowed(path: str) -> set[str]:
+    """The distributions `path` may import: the core ones, plus its feature's extra."""
+    allowed = _declared()
+    extras = _project().get("optional-dependencies", {})
+    for extra, scopes in EXTRA_SCOPES.items():
+        if path.startswith(scopes):
+            allowed |= _names(extras[extra])
+    return allowed
 
 
 def _normal(name: str) -> str:
@@ -80,7 +100,6 @@ def _imported_top_level() -> dict[str, set[str]]:
 def test_every_third_party_import_is_a_declared_dependency():
     from importlib.metadata import packages_distributions
 
-    declared = _declared()
     to_dist = packages_distributions()
     undeclared = {}
     for module, files in sorted(_imported_top_level().items()):
@@ -88,10 +107,12 @@ def test_every_third_party_import_is_a_declared_dependency():
             continue
         dists = {_normal(d) for d in to_dist.get(module, [])}
         assert dists, f"{module} (imported by {sorted(files)[0]}) is not installed here: which distribution is it?"
-        if not dists & declared:
-            undeclared[module] = sorted(files)
-    assert not undeclared, f"imported but not in pyproject.toml dependencies: {undeclared}"
-    assert {"psutil", "braceexpand", "transformers"} <= declared
+        offending = [f for f in sorted(files) if not dists & _allowed(f)]
+        if offending:
+            undeclared[module] = offending
+    assert not undeclared, f"imported but not in pyproject.toml dependencies (or the file's extra): {undeclared}"
+    assert {"psutil", "braceexpand", "transformers"} <= _declared()
+    assert "peft" not in _allowed("launch/train.py") and "peft" in _allowed("pretrain/finetune/methods/lora.py")
 
 
 def test_the_check_sees_imports_inside_functions():

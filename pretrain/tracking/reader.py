@@ -20,10 +20,14 @@ KNOWN_METRICS = [
     "train/lr", "train/grad_norm", "train/loss_scale", "train/tokens_per_s", "train/samples_per_s", "train/mfu",
     "train/data_wait", "train/peak_mem_gb", "eval/loss", "eval/mlm_loss", "eval/sop_loss", "eval/mlm_acc",
     "eval/sop_acc",
+    # pretrain-finetune (task metrics; summary.json names the run's main one)
+    "train/epoch", "eval/accuracy", "eval/f1", "eval/matthews", "eval/pearson", "eval/spearman", "eval/mse",
 ]
 PLOT_DEFAULT = [m for m in KNOWN_METRICS if m.rsplit("/", 1)[-1] in
-                ("loss", "mlm_loss", "sop_loss", "sentence_loss", "mlm_acc", "sop_acc")]
-BEST_METRIC = "eval/mlm_acc"
+                ("loss", "mlm_loss", "sop_loss", "sentence_loss", "mlm_acc", "sop_acc",
+                 "accuracy", "f1", "matthews", "pearson", "spearman")]
+BEST_METRIC = "eval/mlm_acc"       # pretraining runs; a fine-tuning run's summary.json says its own
+SUMMARY_FILE = "summary.json"
 
 
 class MetricsError(Exception):
@@ -54,7 +58,9 @@ class RunCurves:
     path: Path
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     last: dict[str, tuple[int, float]] = field(default_factory=dict)
-    best: Optional[tuple[int, float]] = None      # (step, value) of max eval/mlm_acc
+    best: Optional[tuple[int, float]] = None      # (step, value) of max best_metric
+    best_metric: str = BEST_METRIC
+    summary: dict = field(default_factory=dict)   # summary.json (fine-tuning: method, trainable params, ...)
     last_step: Optional[int] = None
     lines: int = 0
     skipped_torn_tail: bool = False
@@ -75,6 +81,8 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
     if not path.is_file():
         raise MetricsError(f"{path}: no metrics file (was the run started with this code?)")
     run = RunCurves(name=run_dir.resolve().name, path=path)
+    run.summary = _summary(run_dir / SUMMARY_FILE)
+    run.best_metric = str(run.summary.get("primary_metric") or BEST_METRIC)
     samplers: dict[str, Downsampler] = {}
     windows: dict[str, deque] = {}
     with open(path, "rb") as f:
@@ -103,7 +111,7 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
                     continue
                 value = float(value)
                 run.last[key] = (step, value)
-                if key == BEST_METRIC and math.isfinite(value) and (run.best is None or value > run.best[1]):
+                if key == run.best_metric and math.isfinite(value) and (run.best is None or value > run.best[1]):
                     run.best = (step, value)
                 if smooth > 1 and not key.startswith("eval/"):  # eval points are sparse averages already
                     win = windows.setdefault(key, deque(maxlen=smooth))
@@ -114,3 +122,12 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
         raise MetricsError(f"{path}: no metrics logged yet")
     run.curves = {k: s.points for k, s in samplers.items()}
     return run
+
+
+def _summary(path: Path) -> dict:
+    """summary.json if present and readable (it is optional: runs still training have none)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

@@ -2,15 +2,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from parallel.engine import build_engine
-from parallel.checkpoint import CheckpointError, validate_checkpoint
+from parallel.checkpoint import model_signature
+from parallel.engine import build_engine, layout_of
 from parallel.topology import detect, init_distributed
 from pretrain.data import build_eval_loader, build_train_loader, check_vocab_size
 from pretrain.model import build_model
@@ -19,8 +19,9 @@ from pretrain.model.flops import flops_per_sequence
 from pretrain.objectives import pretraining_loss
 from pretrain.shardformat import load_manifest
 from pretrain.tracking import build_tracker
-from pretrain.train import checkpoints
+from pretrain.train.checkpoint_manager import CheckpointManager
 from pretrain.train.config import config_hash
+from pretrain.train.state import TrainState
 
 
 @dataclass
@@ -30,7 +31,8 @@ class Parts:
     train_loader: Any
     eval_loader_factory: Callable[[], Any]
     tracker: Any
-    state: Any
+    state: TrainState
+    checkpoints: CheckpointManager
     log: Callable[[str], None]
     flops_for: Callable[[list, dict], float]
 
@@ -58,50 +60,42 @@ def build_model_from_config(cfg: DictConfig):
     return build_model(mcfg), mcfg
 
 
-def find_resume_point(run_dir: str, log) -> list[str]:
-    return checkpoints.resume_candidates(os.path.join(run_dir, "checkpoints"), warn=log)
-
-
 def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
-    from pretrain.train.loop import TrainState
-
-    topo = detect()
+    topo = detect(backend=cfg.parallel.backend, pipeline_stages=cfg.parallel.pipeline_stages)
     init_distributed(topo)
     log = make_logger(topo.rank)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank, before any draw
     model, mcfg = build_model_from_config(cfg)
     manifest = load_manifest(cfg.data.path)
-    candidates = _loadable(find_resume_point(run_dir, log), model, cfg, topo, log)
-    resume_from = candidates[0] if candidates else None
+    manager = CheckpointManager(run_dir, cfg.trainer.keep_checkpoints, log)
+    parallel_cfg, precision_cfg, optim_cfg, schedule_cfg = (
+        OmegaConf.to_object(cfg[group]) for group in ("parallel", "precision", "optim", "schedule"))
+    # Checked once, on the unwrapped model (ZeRO-3 partitions parameters inside build_engine).
+    plans = manager.plan_resume(model_signature(model), layout_of(topo, parallel_cfg, precision_cfg))
     engine = build_engine(
         model,
         partial(_loss, objective=cfg.objective),
-        *(OmegaConf.to_object(cfg[group]) for group in ("parallel", "precision", "optim", "schedule")),
+        parallel_cfg, precision_cfg, optim_cfg, schedule_cfg,
         total_steps=cfg.schedule.total_steps or cfg.trainer.max_steps,
         micro_batch_size=cfg.data.micro_batch_size,
         grad_accum=cfg.trainer.grad_accum,
         topo=topo,
         seed=cfg.run.seed,
-        resume_from=resume_from,
+        resume=plans[0] if plans else None,
     )
     state = TrainState(config_hash=config_hash(cfg), seed=cfg.run.seed, world_size=topo.world_size)
-    client = _load_with_fallback(engine, candidates, log)
+    client = manager.load(engine, plans)
     if client is not None:
         saved = client.get("train_state", {})
-        for f in fields(state):
-            if f.name in saved and f.name not in ("config_hash", "world_size"):
-                setattr(state, f.name, saved[f.name])
+        state.restore(saved)
         if saved.get("config_hash") != state.config_hash:
             log("warning: model/data/objective config differs from the checkpoint's; continuing with the new one")
         log(f"resumed from step {state.step} ({saved.get('world_size')} -> {topo.world_size} ranks)")
-    elif os.path.isdir(os.path.join(run_dir, "checkpoints")) and checkpoints.step_dirs(os.path.join(run_dir, "checkpoints")):
-        raise checkpoints.ResumeError(
-            f"{run_dir}/checkpoints has step directories but none is usable; refusing to start over silently "
-            f"(relaunch with run.fresh=true to start a new run)"
-        )
     check_vocab_size(manifest, mcfg.vocab_size)
+    # Only data-parallel replicas read different data: the stages of one pipeline replica read
+    # the same batches (the first stage needs the inputs, the last the labels).
     train_loader = build_train_loader(
-        cfg.data, cfg.objective, topo.rank, topo.world_size, manifest, with_ids=cfg.trainer.record_samples
+        cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest, with_ids=cfg.trainer.record_samples
     )
     if state.data_cursor:
         train_loader.load_state_dict(state.data_cursor)
@@ -113,12 +107,13 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     per_seq = {}
 
     def flops_for(micro: list, metrics: dict) -> float:
+        """Model FLOPs of one step over the global batch (all data-parallel replicas)."""
         seq_len = cfg.data.max_seq_len
         key = seq_len
         if key not in per_seq:
             per_seq[key] = flops_per_sequence(mcfg, seq_len, 0)
         masked = metrics.get("mlm_count", 0)
-        sequences = topo.world_size * sum(len(b["input_ids"]) for b in micro)
+        sequences = topo.dp_size * sum(len(b["input_ids"]) for b in micro)
         head = flops_per_sequence(mcfg, seq_len, 1) - per_seq[key]
         return sequences * per_seq[key] + masked * head
 
@@ -126,9 +121,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         topo=topo,
         engine=engine,
         train_loader=train_loader,
-        eval_loader_factory=lambda: build_eval_loader(cfg.data, cfg.objective, topo.rank, topo.world_size, manifest),
+        eval_loader_factory=lambda: build_eval_loader(cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest),
         tracker=tracker,
         state=state,
+        checkpoints=manager,
         log=log,
         flops_for=flops_for,
     )
@@ -136,35 +132,3 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
 
 def _loss(output, batch, mlm_normalizer, objective, sentence_normalizer=None):
     return pretraining_loss(output, batch, mlm_normalizer, objective, sentence_normalizer=sentence_normalizer)
-
-
-def _loadable(candidates: list[str], model, cfg: DictConfig, topo, log) -> list[str]:
-    """Drop checkpoints the engine would refuse (files, shape, layout), newest first, warning for each.
-
-    When none is left but some existed, the last refusal is raised: never start over silently.
-    """
-    kept, last_error = [], None
-    for path in candidates:
-        try:
-            validate_checkpoint(path, model, topo.world_size, cfg.parallel.zero_stage, cfg.precision.dtype,
-                                cfg.parallel.pipeline_stages)
-            kept.append(path)
-        except CheckpointError as e:
-            last_error = e
-            log(f"warning: not resuming from {path}: {e}")
-    if candidates and not kept:
-        raise last_error
-    return kept
-
-
-def _load_with_fallback(engine, candidates: list[str], log):
-    """Load the newest checkpoint that loads; a corrupt one is skipped with a warning, never silently."""
-    for i, path in enumerate(candidates):
-        try:
-            return engine.load(path)
-        except CheckpointError as e:
-            if i + 1 < len(candidates):
-                log(f"warning: {e}; falling back to {candidates[i + 1]}")
-            else:
-                raise
-    return None

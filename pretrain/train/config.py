@@ -16,6 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from parallel.precision import CHOICES as PRECISION_CHOICES
+from parallel.topology import BACKENDS
 from pretrain.data.config import DataConfig, ObjectiveConfig
 from pretrain.model.config import ModelConfig
 from pretrain.tracking.config import TrackerConfig
@@ -98,6 +99,7 @@ _CHOICES = {
     "optim.impl": ("torch", "deepspeed"),
     "schedule.name": ("linear", "cosine", "constant", "wsd"),
     "cluster.kind": ("local", "slurm"),
+    "parallel.backend": (None, *BACKENDS),
 }
 _POSITIVE = (
     "model.hidden_size", "model.num_layers", "model.num_heads", "model.intermediate_size",
@@ -195,8 +197,13 @@ def _check_relations(cfg: DictConfig) -> None:
         TrackerConfig.from_any(cfg.tracker)
     except ValueError as e:
         raise ConfigError(f"config key {e}") from None
-    if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", cfg.run.name) or ".." in cfg.run.name:
-        raise ConfigError(f"config key 'run.name' = {cfg.run.name!r}; use letters, digits and ._-=,+/ only")
+    check_run_name(cfg.run.name)
+
+
+def check_run_name(name: str) -> None:
+    """run.name becomes a directory under run.root (pretraining and fine-tuning alike)."""
+    if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", name) or ".." in name:
+        raise ConfigError(f"config key 'run.name' = {name!r}; use letters, digits and ._-=,+/ only")
 
 
 def parse_duration(value: Union[str, int, float]) -> float:

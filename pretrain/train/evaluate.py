@@ -4,9 +4,7 @@ from __future__ import annotations
 import itertools
 from typing import Callable, Optional
 
-import torch
-
-from parallel.topology import all_reduce_sum
+from parallel.topology import reduce_sum
 
 _KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct", "sentence_count")
 
@@ -24,7 +22,7 @@ def evaluate(engine, loader_factory: Callable, max_batches: Optional[int]) -> di
     last = None
     while True:
         batch = next(batches, None)
-        active = all_reduce_sum(torch.tensor([float(batch is not None)], dtype=torch.float64)).item()
+        active = reduce_sum([float(batch is not None)])[0]
         if active == 0:
             break
         if batch is None and last is None:
@@ -34,7 +32,7 @@ def evaluate(engine, loader_factory: Callable, max_batches: Optional[int]) -> di
             last = batch
             for k in _KEYS:
                 totals[k] += float(stats.get(k, 0.0))
-    summed = all_reduce_sum(torch.tensor([totals[k] for k in _KEYS], dtype=torch.float64)).tolist()
+    summed = reduce_sum([totals[k] for k in _KEYS])
     totals = dict(zip(_KEYS, summed))
     mlm_count = max(totals["mlm_count"], 1.0)
     out = {
@@ -52,6 +50,8 @@ def evaluate(engine, loader_factory: Callable, max_batches: Optional[int]) -> di
 
 
 def _placeholder_batch() -> dict:
+    import torch
+
     """A one-sequence batch with nothing to predict, for a rank with no validation data at all."""
     ids = torch.zeros(1, 8, dtype=torch.long)
     mask = torch.zeros_like(ids)

@@ -12,14 +12,13 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
     from pretrain.model import build_model
     from pretrain.model.config import ModelConfig
     from pretrain.shardformat import load_manifest
-    from pretrain.train import checkpoints
-    from pretrain.train.checkpoints import ResumeError
+    from pretrain.train.checkpoint_manager import CheckpointManager, ResumeError
 
     from launch.rundir import load_run_config
 
     cfg = load_run_config(run_dir)
     if checkpoint is None:
-        candidates = checkpoints.resume_candidates(os.path.join(run_dir, "checkpoints"), warn=log)
+        candidates = CheckpointManager(run_dir, log=log).complete()
         if not candidates:
             raise ResumeError(f"{run_dir}/checkpoints: no complete checkpoint to export")
         checkpoint = candidates[0]

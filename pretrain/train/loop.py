@@ -1,38 +1,24 @@
 """The training loop: data -> engine.train_step -> metrics, eval, checkpoints, until a budget ends.
 
 Everything distributed sits behind `parallel` (engine, collectives); everything that must
-survive a restart is in `TrainState` plus the engine's checkpoint.
+survive a restart is in `TrainState` plus the engine's checkpoint (CheckpointManager).
 """
 from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
 
-import torch
 from omegaconf import DictConfig, OmegaConf
 
-from parallel.topology import all_gather_object, all_reduce_sum, barrier, is_main
+from parallel.topology import all_gather_object, barrier, reduce_sum
 from pretrain.data import merge_cursors
-from pretrain.train import checkpoints
 from pretrain.train.budget import Budget
 from pretrain.train.build import build_everything
 from pretrain.train.evaluate import evaluate
 from pretrain.train.preemption import PreemptionFlag
 from pretrain.train.progress import Progress
+from pretrain.train.state import TrainState
 from pretrain.train.throughput import Meter, peak_flops_per_device
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    consumed_samples: int = 0
-    consumed_tokens: int = 0
-    data_cursor: dict = field(default_factory=dict)
-    tracker: dict = field(default_factory=dict)
-    config_hash: str = ""
-    seed: int = 0
-    world_size: int = 1
 
 
 def train(cfg: DictConfig, run_dir: str) -> None:
@@ -46,7 +32,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     meter = Meter()
     progress = Progress(cfg.trainer.max_steps, state.step, enabled=cfg.trainer.progress and topo.rank == 0)
     batches = iter(loader)
-    recorder = SampleRecorder(run_dir, topo.rank) if cfg.trainer.record_samples else None
+    # Stages of one pipeline replica train on the same examples: the first stage records them.
+    recorder = SampleRecorder(run_dir, topo.rank) if cfg.trainer.record_samples and topo.pp_rank == 0 else None
     ga = cfg.trainer.grad_accum
     stop_reason = budget.exhausted(state.step, state.consumed_tokens)
     while stop_reason is None:
@@ -56,13 +43,14 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         metrics = engine.train_step(micro)
         if recorder is not None:
             recorder.record(state.step + 1, micro)
-        counts = torch.tensor(
-            [sum(int(b["attention_mask"].sum()) for b in micro), sum(len(b["input_ids"]) for b in micro),
-             float(preempt.local), float(budget.out_of_time())], dtype=torch.float64,
-        )
         # One all-reduce carries the counts and every rank-local reason to stop, so all ranks
-        # take the same branch below (a lone rank checkpointing would hang the others).
-        tokens, samples, preempted, out_of_time = (int(v) for v in all_reduce_sum(counts).tolist())
+        # take the same branch below (a lone rank checkpointing would hang the others). Only the
+        # first pipeline stage counts data: the other stages of a replica see the same batches.
+        counts_data = topo.pp_rank == 0
+        tokens, samples, preempted, out_of_time = (int(v) for v in reduce_sum([
+            sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
+            sum(len(b["input_ids"]) for b in micro) if counts_data else 0,
+            float(preempt.local), float(budget.out_of_time())]))
         state.step += 1
         state.consumed_tokens += tokens
         state.consumed_samples += samples
@@ -77,7 +65,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         if preempted:
             stop_reason = "preempted by a signal"
         if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:
-            save_checkpoint(cfg, run_dir, engine, loader, tracker, state, log)
+            save_checkpoint(cfg, parts, state)
     progress.close()
     if recorder is not None:
         recorder.close()
@@ -141,16 +129,10 @@ def _train_metrics(metrics: dict, speed: dict, state: TrainState) -> dict:
     return out
 
 
-def save_checkpoint(cfg, run_dir, engine, loader, tracker, state: TrainState, log) -> None:
-    root = os.path.join(run_dir, "checkpoints")
-    step_dir = os.path.join(root, checkpoints.step_dir_name(state.step))
-    state.data_cursor = merge_cursors(all_gather_object(loader.state_dict()))
-    state.tracker = tracker.state()
-    t0 = time.perf_counter()
-    engine.save(step_dir, {"train_state": asdict(state), "config": OmegaConf.to_container(cfg, resolve=True)})
-    barrier()
-    if is_main():
-        checkpoints.publish_latest(step_dir)
-        checkpoints.prune(root, cfg.trainer.keep_checkpoints)
-    barrier()
-    log(f"saved checkpoint {step_dir} in {time.perf_counter() - t0:.1f}s")
+def save_checkpoint(cfg, parts, state: TrainState) -> None:
+    # One cursor per data-parallel replica: the first stage of each speaks for its replica.
+    cursors = all_gather_object(parts.train_loader.state_dict() if parts.topo.pp_rank == 0 else None)
+    state.data_cursor = merge_cursors([c for c in cursors if c is not None])
+    state.tracker = parts.tracker.state()
+    parts.checkpoints.save(parts.engine, state.step, {
+        "train_state": state.to_dict(), "config": OmegaConf.to_container(cfg, resolve=True)})

@@ -18,9 +18,9 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..",
 
 from toy import ToyBert, global_batch, rank_micro_batches, toy_loss  # noqa: E402
 
-from parallel.checkpoint import CheckpointError  # noqa: E402
+from parallel.checkpoint import CheckpointError, inspect_checkpoint, model_signature  # noqa: E402
 from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig  # noqa: E402
-from parallel.engine import build_engine  # noqa: E402
+from parallel.engine import build_engine, layout_of  # noqa: E402
 from parallel.topology import all_reduce_sum, barrier, detect  # noqa: E402
 
 SEED, MICRO, STEPS = 1234, 4, 6
@@ -28,13 +28,25 @@ SEED, MICRO, STEPS = 1234, 4, 6
 
 def make_engine(topo, zero=0, dtype="fp32", gas=2, dropout=0.1, hidden=32, resume_from=None,
                 optim="adamw", lr=3e-3):
+    """resume_from: a checkpoint dir, inspected for this layout (raises CheckpointError) as the
+    trainer's CheckpointManager does; the engine then loads it with `engine.load(engine.resume)`."""
     torch.manual_seed(SEED)
     model = ToyBert(hidden=hidden, dropout=dropout)
-    return build_engine(model, toy_loss, ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype),
-                        OptimConfig(name=optim, lr=lr, grad_clip=1.0),
-                        ScheduleConfig(name="linear", warmup_steps=2),
-                        total_steps=20, micro_batch_size=MICRO, grad_accum=gas, topo=topo, seed=SEED,
-                        resume_from=resume_from)
+    parallel, precision = ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype)
+    resume = (inspect_checkpoint(resume_from, model_signature(model), layout_of(topo, parallel, precision))
+              if resume_from else None)
+    engine = build_engine(model, toy_loss, parallel, precision,
+                          OptimConfig(name=optim, lr=lr, grad_clip=1.0),
+                          ScheduleConfig(name="linear", warmup_steps=2),
+                          total_steps=20, micro_batch_size=MICRO, grad_accum=gas, topo=topo, seed=SEED,
+                          resume=resume)
+    engine.resume = resume
+    return engine
+
+
+def inspected(engine, path):
+    """The Resume for `path` in this engine's layout (what the CheckpointManager hands to load)."""
+    return inspect_checkpoint(path, engine.signature, layout_of(engine.topo, engine.parallel_cfg, engine.precision_cfg))
 
 
 def run(engine, topo, gas, steps, save_at=None, save_dir=None):
@@ -106,7 +118,7 @@ def scenario_resume(topo, work):
     for name, zero, dtype in (("z2", 2, "fp32"), ("z3bf16", 3, "bf16")):
         path = os.path.join(work, name)
         engine = make_engine(topo, zero=zero, dtype=dtype, resume_from=path)
-        client = engine.load(path)
+        client = engine.load(engine.resume)
         res[name] = {"client": client, "step": engine.global_step, "metrics": run(engine, topo, 2, STEPS)}
     # A truncated file, a missing meta file, another model shape: one-line CheckpointErrors.
     bad = os.path.join(work, "bad")
@@ -119,14 +131,14 @@ def scenario_resume(topo, work):
     barrier()
     res["truncated"] = expect_error(lambda: make_engine(topo, zero=2, resume_from=bad))
     engine = make_engine(topo, zero=2)
-    res["truncated_load"] = expect_error(lambda: engine.load(bad))
+    res["truncated_load"] = expect_error(lambda: engine.load(inspected(engine, bad)))
     res["other_shape"] = expect_error(lambda: make_engine(topo, zero=2, hidden=48,
                                                           resume_from=os.path.join(work, "z2")))
     barrier()
     if topo.rank == 0:
         os.remove(os.path.join(bad, "parallel_meta.json"))
     barrier()
-    res["unfinished"] = expect_error(lambda: engine.load(bad))
+    res["unfinished"] = expect_error(lambda: engine.load(inspected(engine, bad)))
     # Same size but garbage bytes: caught from torch.load inside DeepSpeed.
     corrupt = os.path.join(work, "corrupt")
     if topo.rank == 0:
@@ -135,7 +147,7 @@ def scenario_resume(topo, work):
         with open(os.path.join(corrupt, "mp_rank_00_model_states.pt"), "r+b") as f:
             f.write(b"\0" * 64)
     barrier()
-    res["corrupt"] = expect_error(lambda: engine.load(corrupt))
+    res["corrupt"] = expect_error(lambda: engine.load(inspected(engine, corrupt)))
     return res
 
 
@@ -148,7 +160,7 @@ def scenario_single(topo, work):
     state = engine.consolidated_state_dict()
     res["consolidated_equal"] = all(torch.equal(state[k], v.float()) for k, v in engine.module.state_dict().items())
     engine = make_engine(topo, zero=0, gas=2, resume_from=path)
-    res["client"] = engine.load(path)
+    res["client"] = engine.load(engine.resume)
     res["resumed"] = run(engine, topo, 2, 4)
     res["offload"] = run(_offload_engine(topo), topo, 2, 4)
     return res
@@ -166,16 +178,16 @@ def scenario_universal(topo, work):
     """One rank resumes the 2-rank ZeRO-2 checkpoint (same global batch: grad_accum doubled)."""
     path = os.path.join(work, "z2src")
     engine = make_engine(topo, zero=2, gas=2, dropout=0.0, resume_from=path)
-    client = engine.load(path)
+    client = engine.load(engine.resume)
     res = {"client": client, "step": engine.global_step, "metrics": run(engine, topo, 2, STEPS),
            "universal_exists": os.path.isdir(os.path.join(path, "universal"))}
     # Another ZeRO stage and dtype (2 -> 1, fp32 -> bf16), and ZeRO-3 -> ZeRO-3 on fewer ranks.
     engine = make_engine(topo, zero=1, dtype="bf16", gas=2, dropout=0.0, resume_from=path)
-    engine.load(path)
+    engine.load(engine.resume)
     res["zero1_bf16"] = run(engine, topo, 2, STEPS)
     path = os.path.join(work, "z3src")
     engine = make_engine(topo, zero=3, gas=2, dropout=0.0, resume_from=path)
-    engine.load(path)
+    engine.load(engine.resume)
     res["zero3"] = run(engine, topo, 2, STEPS)
     res["refused"] = expect_error(lambda: make_engine(topo, zero=0, resume_from=path))
     return res

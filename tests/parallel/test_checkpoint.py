@@ -72,15 +72,20 @@ def test_model_signature_sees_names_and_shapes():
     assert model_signature(a) == model_signature(b) != model_signature(c)
 
 
-def test_validate_checkpoint_without_deepspeed(tmp_path):
-    from parallel.checkpoint import validate_checkpoint
+def test_inspect_checkpoint_without_deepspeed(tmp_path):
+    from parallel.checkpoint import Layout, inspect_checkpoint
 
     model = torch.nn.Linear(3, 4)
+    sig = model_signature(model)
     d = tmp_path / "step_000002"
     d.mkdir()
     (d / "mp_rank_00_model_states.pt").write_bytes(b"z" * 8)
-    write_meta(str(d), meta(2, 2) | {"model_signature": model_signature(model)})
-    assert validate_checkpoint(str(d), model, 2, 2, "fp32") == "plain"
-    assert validate_checkpoint(str(d), model, 1, 1, "bf16") == "universal"
+    write_meta(str(d), meta(2, 2) | {"model_signature": sig})
+    plain = inspect_checkpoint(str(d), sig, Layout(2, 2, "fp32"))
+    assert (plain.path, plain.mode, plain.meta["world_size"]) == (str(d), "plain", 2)
+    assert inspect_checkpoint(str(d), sig, Layout(1, 1, "bf16")).mode == "universal"
     with pytest.raises(CheckpointError, match="model shape differs"):
-        validate_checkpoint(str(d), torch.nn.Linear(3, 5), 2, 2, "fp32")
+        inspect_checkpoint(str(d), model_signature(torch.nn.Linear(3, 5)), Layout(2, 2, "fp32"))
+    (d / "mp_rank_00_model_states.pt").write_bytes(b"z" * 4)
+    with pytest.raises(CheckpointError, match="truncated"):
+        inspect_checkpoint(str(d), sig, Layout(2, 2, "fp32"))

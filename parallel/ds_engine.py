@@ -1,0 +1,165 @@
+"""DeepSpeedEngine: the Engine for data parallelism with ZeRO 0-3 and offload.
+
+How the global-batch loss is kept exact: DeepSpeed divides the loss by grad_accum in backward
+and averages gradients over data-parallel ranks, so the engine passes the loss function the
+masked-token count of the whole global batch and backpropagates loss * dp_world_size with
+`scale_wrt_gas=False`; the gradient is then that of sum(CE over the global batch) / global count.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .checkpoint import Resume, model_signature
+from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
+from .ds_config import build_ds_config, check_device_dtype, validate
+from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, prepare_universal, scalar
+from .optim import build_optimizer, param_groups, uses_client_optimizer
+from .schedules import build_scheduler
+from .topology import Topology, all_reduce_sum, init_distributed
+
+
+class DeepSpeedEngine(Engine):
+    """Built by `build_engine`; see docs/parallel.md for the contract."""
+
+    def __init__(self, ds_engine, loss_fn: LossFn, **kwargs):
+        super().__init__(ds_engine, loss_fn, **kwargs)
+        # DeepSpeed's plain (ZeRO-0, fp32) path clips but does not record the norm.
+        self._own_grad_norm = self.parallel_cfg.zero_stage == 0 and self.precision_cfg.dtype == "fp32"
+        self._loss_takes_sentence_norm = "sentence_normalizer" in inspect.signature(loss_fn).parameters
+
+    def _forward_loss(self, batch: dict, mlm_norm: torch.Tensor, sent_norm: torch.Tensor):
+        out = self.ds(**{k: batch[k] for k in self.model_inputs if k in batch})
+        if self._loss_takes_sentence_norm:
+            return self.loss_fn(out, batch, mlm_norm, sentence_normalizer=sent_norm)
+        return self.loss_fn(out, batch, mlm_norm)
+
+    def _global_counts(self, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = torch.zeros(2, dtype=torch.float64, device=self.topo.device)
+        for b in batches:
+            counts[0] += (b["labels"] != IGNORE).sum()
+            if "sentence_label" in b:
+                counts[1] += (b["sentence_label"] != IGNORE).sum()
+        all_reduce_sum(counts)
+        counts = counts.clamp_min(1.0).float()
+        return counts[0], counts[1]
+
+    def _module_grad_norm(self) -> torch.Tensor:
+        """Norm of the (already rank-averaged, pre-clipping) gradients after the last backward."""
+        norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
+
+    def _reduce(self, loss_sum: torch.Tensor, stats: dict[str, float]) -> dict[str, float]:
+        keys = sorted(stats)
+        vec = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=loss_sum.device)
+        vec = torch.cat([loss_sum.reshape(1), vec])
+        values = all_reduce_sum(vec).tolist()
+        return {"loss": values[0], **dict(zip(keys, values[1:]))}
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        """One optimizer step over `grad_accum` micro-batches (see the module docstring).
+
+        If loss_fn accepts `sentence_normalizer`, it gets the global count of sentence labels.
+        """
+        if len(micro_batches) != self.grad_accum:
+            raise ValueError(f"train_step got {len(micro_batches)} micro-batches, "
+                             f"expected grad_accum={self.grad_accum}")
+        batches = [self._to_device(b) for b in micro_batches]
+        mlm_norm, sent_norm = self._global_counts(batches)
+        step, lr = self.global_step, self.lr
+        skipped_before = int(getattr(self.ds, "skipped_steps", 0))
+        self.ds.train()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.topo.device)
+        grad_norm = None
+        stats_sum: dict[str, float] = {}
+        for micro, batch in enumerate(batches):
+            self._seed(step, micro)
+            loss, stats = self._forward_loss(batch, mlm_norm, sent_norm)
+            self.ds.backward(loss * self.dp_world_size, scale_wrt_gas=False)
+            if micro == len(batches) - 1 and self._own_grad_norm:
+                grad_norm = self._module_grad_norm()
+            self.ds.step()
+            loss_sum += loss.detach().double()
+            for k, v in stats.items():
+                stats_sum[k] = stats_sum.get(k, 0.0) + scalar(v)
+        metrics = self._reduce(loss_sum, stats_sum)
+        metrics["lr"] = lr
+        metrics["grad_norm"] = scalar(grad_norm if self._own_grad_norm else self.ds.get_global_grad_norm())
+        if self.precision_cfg.dtype == "fp16":
+            opt = self.ds.optimizer
+            metrics["loss_scale"] = scalar(getattr(opt, "cur_scale", getattr(opt, "loss_scale", None)))
+            metrics["skipped"] = float(int(getattr(self.ds, "skipped_steps", 0)) - skipped_before)
+        return metrics
+
+    @torch.no_grad()
+    def eval_step(self, batch: dict) -> dict:
+        """Local stats (sums) of one batch, no grad; combine ranks with topology.all_reduce_sum.
+
+        The normalizers are this batch's own counts, so the returned "loss" is a per-batch value;
+        use the summed stats for metrics. Under ZeRO-3 this is collective (parameters are
+        gathered): every rank must call it the same number of times.
+        """
+        b = self._to_device(batch)
+        self.ds.eval()
+        try:
+            mlm = (b["labels"] != IGNORE).sum().clamp_min(1).float()
+            sent = ((b["sentence_label"] != IGNORE).sum().clamp_min(1).float()
+                    if "sentence_label" in b else torch.ones((), device=self.topo.device))
+            loss, stats = self._forward_loss(b, mlm, sent)
+        finally:
+            self.ds.train()
+        return {"loss": scalar(loss), **{k: scalar(v) for k, v in stats.items()}}
+
+    def consolidated_state_dict(self) -> dict:
+        """Full state dict of the model on every rank (collective under ZeRO-3: all ranks call).
+
+        Values are the module's weights as trained, upcast to fp32: exact for fp32 training; for
+        bf16 training they are the bf16 weights (the fp32 master copy lives in the optimizer: use
+        checkpoint.consolidate_fp32(ckpt_dir) on a saved checkpoint for those).
+        """
+        module = self.module
+        if self.parallel_cfg.zero_stage == 3:
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+                return {k: v.detach().float().cpu().clone() for k, v in module.state_dict().items()}
+        return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+                for k, v in module.state_dict().items()}
+
+
+def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig,
+                           precision_cfg: PrecisionConfig, optim_cfg: OptimConfig,
+                           schedule_cfg: ScheduleConfig, *, total_steps: int, micro_batch_size: int,
+                           grad_accum: int, topo: Topology, seed: int = 0,
+                           resume: Optional[Resume] = None,
+                           model_inputs: Sequence[str] = MODEL_INPUTS,
+                           dist_timeout: float = 1800.0) -> DeepSpeedEngine:
+    """See parallel.engine.build_engine."""
+    validate(parallel_cfg, precision_cfg, optim_cfg)
+    check_device_dtype(precision_cfg.dtype)
+    init_distributed(topo, timeout=dist_timeout)
+    signature = model_signature(model)
+    load_universal = resume is not None and resume.mode == "universal"
+    if load_universal:
+        prepare_universal(resume.path, topo)
+    config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,
+                             grad_accum, topo.world_size, load_universal=load_universal)
+    import deepspeed
+
+    def make_scheduler(optimizer):
+        return build_scheduler(optimizer, schedule_cfg, total_steps)
+
+    if uses_client_optimizer(optim_cfg):
+        optimizer, params = build_optimizer(model, optim_cfg), None
+    else:
+        optimizer = None
+        params = [{k: v for k, v in g.items() if k != "adapt"}
+                  for g in param_groups(model, optim_cfg.weight_decay)]
+    ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
+                                              lr_scheduler=make_scheduler, config=config)
+    return DeepSpeedEngine(ds_engine, loss_fn, topo=topo, parallel_cfg=parallel_cfg,
+                           precision_cfg=precision_cfg, grad_accum=grad_accum, seed=seed,
+                           signature=signature, load_universal=load_universal, model_inputs=model_inputs)
