@@ -18,8 +18,11 @@ install: $(STAMP)
 test: $(STAMP)
 	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(BIN)/python -m pytest -q tests
 
+# DeepSpeed compiles its CPU comm op once per extensions dir: keep it with this venv (not in a
+# ~/.cache shared with other venvs, where each one would rebuild it).
 demo: $(STAMP)
-	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} $(BIN)/python -m launch.demo
+	DS_ACCELERATOR=$${DS_ACCELERATOR:-cpu} TORCH_EXTENSIONS_DIR=$${TORCH_EXTENSIONS_DIR:-$(abspath $(VENV))/torch_extensions} \
+		$(BIN)/python -m launch.demo
 
 bench: $(STAMP)
 	$(BIN)/python bench/data.py

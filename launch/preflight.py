@@ -1,9 +1,15 @@
-"""Checks that need the filesystem but no process group, run once before any rank starts."""
+"""Checks that need the filesystem but no process group, run once before any rank starts.
+
+They also settle what config.yaml records for the ranks: the vocabulary size, the effective
+model of a continued-pretraining run (model.init_from) and the resolved precision.
+"""
 from __future__ import annotations
 
 import os
+from dataclasses import asdict
+from typing import Sequence
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 def resolve_vocab_size(cfg: DictConfig, manifest_vocab: int, manifest_path: str) -> None:
@@ -19,26 +25,37 @@ def resolve_vocab_size(cfg: DictConfig, manifest_vocab: int, manifest_path: str)
         )
 
 
-def preflight(cfg: DictConfig) -> None:
+def preflight(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
+    """Check and settle `cfg` in place; returns the lines the launcher prints (precision).
+
+    `overrides` are the command-line overrides (Hydra's task overrides): with model.init_from
+    they tell an explicit model choice, which must agree with the directory, from the default.
+    """
     from pretrain.shardformat import MANIFEST_NAME, load_manifest
     from pretrain.train.config import ConfigError
+
+    from launch.precision import settle_launch_precision
 
     if not cfg.data.path or not os.path.isdir(cfg.data.path):
         raise ConfigError(f"config key 'data.path' = {cfg.data.path!r}: no such directory (run pretrain-prepare first)")
     manifest = load_manifest(cfg.data.path)
+    if cfg.model.init_from:
+        check_init_tokenizer(cfg.model.init_from, manifest, cfg.data.path)
+        settle_init_from(cfg, overrides)
     resolve_vocab_size(cfg, manifest.vocab_size, os.path.join(cfg.data.path, MANIFEST_NAME))
     for split in (cfg.data.train_split, cfg.data.valid_split):
         if split not in manifest.splits and not (split == cfg.data.valid_split and cfg.trainer.eval_every == 0):
             raise ConfigError(
                 f"{os.path.join(cfg.data.path, MANIFEST_NAME)} has no split {split!r} (has {sorted(manifest.splits)})"
             )
+    lines = settle_launch_precision(cfg)
     _check_precision(cfg)
-    if cfg.model.init_from:
-        check_init_tokenizer(cfg.model.init_from, manifest, cfg.data.path)
+    return lines
 
 
 def _check_precision(cfg: DictConfig) -> None:
-    """fp16/bf16 support is a property of this machine's accelerator: say so before starting ranks."""
+    """bf16/fp16 support of the accelerator DeepSpeed will use here: say so before starting ranks
+    (fp16 without CUDA is refused earlier, by parallel.precision.resolve_precision)."""
     from launch.local import rank_environment
     from pretrain.train.config import ConfigError
 
@@ -50,15 +67,58 @@ def _check_precision(cfg: DictConfig) -> None:
     from parallel.ds_config import check_device_dtype
 
     try:
-        import torch
-
-        if cfg.precision.dtype == "fp16" and not torch.cuda.is_available():
-            # DeepSpeed's CPU accelerator claims fp16 support, then fails or hangs inside the
-            # loss scaler: fp16 mixed precision is a GPU feature.
-            raise ValueError("precision.dtype=fp16 needs a CUDA GPU; use precision=bf16 or fp32 on this machine")
         check_device_dtype(cfg.precision.dtype)
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
+
+
+def _override_key(item: str) -> str:
+    return item.split("=", 1)[0].lstrip("+~")
+
+
+def explicit_model_keys(overrides: Sequence[str]) -> list[str]:
+    """The model choices a user made on the command line: `model` (a preset) or `model.<key>`."""
+    return [key for key in map(_override_key, overrides) if key == "model" or key.startswith("model.")]
+
+
+def settle_init_from(cfg: DictConfig, overrides: Sequence[str] = ()) -> None:
+    """Continued pretraining: replace cfg.model by the effective model, or refuse a contradiction.
+
+    The shape (every ModelConfig key but pretrain.hf.export.RUN_OPTIONS) comes from the HF
+    directory; dropout, gradient_checkpointing and sentence_head stay the run's. An explicit
+    model choice must agree with the directory, else one ConfigError: `model=<preset>` on the
+    command line (its whole shape), `model.<shape key>=...` (that key), a non-zero
+    model.vocab_size. The default preset's shape, chosen by nobody, is simply replaced.
+    """
+    from pretrain.hf.export import RUN_OPTIONS, ExportError, continued_config, hf_model_config, shape_differences
+    from pretrain.model.config import ModelConfig
+    from pretrain.train.config import ConfigError
+
+    init_from = cfg.model.init_from
+    try:
+        pretrained = hf_model_config(init_from)
+    except ExportError as e:
+        raise ConfigError(f"config key 'model.init_from': {e}") from None
+    run = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
+    differ = shape_differences(run, pretrained)
+    if not run.vocab_size:  # 0 = "the data's": nobody chose it, the directory's vocabulary stands
+        differ.pop("vocab_size", None)
+    explicit = explicit_model_keys(overrides)
+    preset = next((o for o in overrides if _override_key(o) == "model"), None)
+    if preset is not None:
+        conflict = differ
+    else:
+        conflict = {k: v for k, v in differ.items() if f"model.{k}" in explicit or k == "vocab_size"}
+    if conflict:
+        shown = ", ".join(f"{k}={ours!r} vs {theirs!r}" for k, (ours, theirs) in list(conflict.items())[:3])
+        what = preset or ", ".join(f"model.{k}" for k in conflict)
+        options = ", ".join(k for k in RUN_OPTIONS if k != "init_from")
+        raise ConfigError(
+            f"config: {what} contradicts model.init_from={init_from!r} ({shown}): with init_from the shape "
+            f"comes from that directory; drop the override or make it match (only {options} may differ)"
+        )
+    for key, value in asdict(continued_config(run, pretrained)).items():
+        cfg.model[key] = value
 
 
 def check_init_tokenizer(init_from: str, manifest, data_path: str) -> None:

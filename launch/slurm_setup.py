@@ -18,26 +18,27 @@ from launch.slurm_jobs import record_attempt
 PROG = "pretrain-slurm-setup"
 
 
-def resolve_auto_precision(run_dir: str, log=print) -> str | None:
-    """If config.yaml says precision.dtype=auto, pick the dtype for this node's device and store
-    it (atomic rewrite). Returns the one-line reason, or None when the dtype was already set."""
-    from parallel.precision import resolve_precision
-    from pretrain.train.config import ConfigError
+def settle_job_precision(run_dir: str, log=print) -> list[str] | None:
+    """Settle precision.dtype for this compute node (launch/precision.py: auto resolved once,
+    explicit checked, with its warning where it runs emulated) and store it in config.yaml (atomic
+    rewrite). Returns the lines logged, or None when an earlier attempt already resolved it."""
+    from launch.precision import resolve_run_precision
+    from parallel.precision import DTYPES
     from pretrain.train.rundir import load_raw_config, save_config
 
     raw = load_raw_config(run_dir)
-    if raw.get("precision", {}).get("dtype") != "auto":
-        return None
-    try:
-        choice = resolve_precision("auto")
-    except ValueError as e:
-        raise ConfigError(f"config key 'precision.dtype' = 'auto': {e}") from None
-    raw.precision.dtype = choice.dtype
+    precision = raw.get("precision")
+    if precision is None:
+        return None  # config.yaml's own validation (below) names what is missing
+    for key in ("resolved_from", "reason"):
+        precision.setdefault(key, None)
+    if precision.resolved_from == "auto" and precision.dtype in DTYPES:
+        return None  # every attempt after the first keeps the dtype its checkpoints were written in
+    lines = resolve_run_precision(raw)
     save_config(run_dir, raw)
-    log(f"[setup] precision {choice.reason}; stored precision.dtype={choice.dtype} in config.yaml")
-    if choice.warning:
-        log(f"[setup] warning: {choice.warning}")
-    return choice.reason
+    for line in lines:
+        log(f"[setup] {line}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = argv[0]
     with one_line_errors(PROG):
         attempt = record_attempt(run_dir, os.environ)
-        resolve_auto_precision(run_dir)
+        settle_job_precision(run_dir)
         from launch.slurm_node import rendezvous_port
         from pretrain.train.rundir import load_run_config
 

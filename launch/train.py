@@ -36,7 +36,8 @@ def launch(cfg: DictConfig) -> int:
         cfg.run.name = f"{cfg.run.name}-{hc.job.num}"
     launcher = launcher_for(cfg.cluster.kind)
     launcher.check(cfg, submit=not cfg.run.dry_run)
-    preflight(cfg)
+    for line in preflight(cfg, overrides=list(hc.overrides.task) if hc is not None else ()):
+        print(line, flush=True)
     if cfg.run.dry_run:
         print(OmegaConf.to_yaml(cfg))
         print(launcher.describe(cfg, run_dir_path(cfg)))

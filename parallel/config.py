@@ -21,12 +21,16 @@ class ParallelConfig:
 
 @dataclass
 class PrecisionConfig:
-    dtype: str = "fp32"                 # "fp32" | "bf16" | "fp16"
+    dtype: str = "fp32"                 # "auto" | "fp32" | "bf16" | "fp16"; the engine needs a resolved one
     loss_scale: float = 0.0             # fp16: 0 = dynamic
     initial_scale_power: int = 16
     loss_scale_window: int = 1000
     hysteresis: int = 2
     min_loss_scale: float = 1.0
+    # Written by the launcher, not set by users (launch/precision.py): "auto" when dtype was
+    # resolved from precision=auto, and the one-line reason for the dtype on this device.
+    resolved_from: Optional[str] = None
+    reason: Optional[str] = None
 
 
 @dataclass

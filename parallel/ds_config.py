@@ -10,8 +10,7 @@ from typing import Optional
 
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .optim import uses_client_optimizer
-
-DTYPES = ("fp32", "bf16", "fp16")
+from .precision import CHOICES, DTYPES
 NEVER = 2**31 - 1  # steps_per_print: DeepSpeed's own step logging stays quiet
 
 
@@ -19,8 +18,8 @@ def validate(parallel: ParallelConfig, precision: PrecisionConfig, optim: OptimC
     """One-line errors for combinations that DeepSpeed would reject late or cryptically."""
     if parallel.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"parallel.zero_stage={parallel.zero_stage}: expected 0, 1, 2 or 3")
-    if precision.dtype not in DTYPES:
-        raise ValueError(f"precision.dtype={precision.dtype!r}: expected one of {', '.join(DTYPES)}")
+    if precision.dtype not in CHOICES:
+        raise ValueError(f"precision.dtype={precision.dtype!r}: expected one of {', '.join(CHOICES)}")
     if parallel.offload_optimizer and parallel.zero_stage < 1:
         raise ValueError("parallel.offload_optimizer=true needs parallel.zero_stage >= 1")
     if parallel.offload_params and parallel.zero_stage != 3:
@@ -40,10 +39,19 @@ def validate(parallel: ParallelConfig, precision: PrecisionConfig, optim: OptimC
         raise ValueError(f"optim.grad_clip={optim.grad_clip}: must be >= 0 (0 = off)")
 
 
+def require_resolved(dtype: str) -> None:
+    """The engine runs a concrete dtype; `auto` is resolved once, before the ranks start
+    (launch.precision), so every rank of a run trains in the same dtype."""
+    if dtype not in DTYPES:
+        raise ValueError(f"precision.dtype={dtype!r} reached the engine unresolved; expected one of "
+                         f"{', '.join(DTYPES)} (pretrain-launch resolves precision=auto into the run's config.yaml)")
+
+
 def check_device_dtype(dtype: str) -> None:
     """fp16/bf16 need accelerator support; fail at build time instead of deep inside DeepSpeed."""
     from deepspeed.accelerator import get_accelerator
 
+    require_resolved(dtype)
     acc = get_accelerator()
     if dtype == "fp16" and not acc.is_fp16_supported():
         raise ValueError(f"precision.dtype=fp16 is not supported on the {acc.device_name()} "
@@ -61,6 +69,7 @@ def build_ds_config(parallel: ParallelConfig, precision: PrecisionConfig, optim:
     world_size is the total process count; data-parallel size = world_size / pipeline_stages.
     """
     validate(parallel, precision, optim)
+    require_resolved(precision.dtype)
     if micro_batch_size < 1 or grad_accum < 1:
         raise ValueError(f"micro_batch_size={micro_batch_size}, grad_accum={grad_accum}: must be >= 1")
     if world_size % parallel.pipeline_stages:

@@ -45,6 +45,13 @@ class Lamb(Optimizer):
     Per parameter: m, v as in Adam; u = m_hat / (sqrt(v_hat) + eps) + wd * p;
     trust = ||p|| / ||u|| (1 if either norm is 0), clamped to [0, max_trust]; p -= lr * trust * u.
     Groups with adapt=False (biases, LayerNorm: like NVIDIA's implementation) use trust = 1.
+
+    Tensor ops only: the step count is a CPU tensor (like torch.optim.Adam's), the trust ratio a
+    torch.where on the device, so a GPU step never waits for the host (no .item() per tensor).
+    Scalars are formed in float64 exactly as the earlier Python-float version did, so results are
+    bit-identical to it on CPU (tests/parallel/test_optim.py keeps that version as the reference).
+    DeepSpeed's FusedLamb is not used: it clamps the trust ratio to [0.01, 10] and adapts every
+    tensor, which is not these semantics.
     """
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-6,
@@ -73,7 +80,7 @@ class Lamb(Optimizer):
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
                     state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
                 state["step"] += 1
-                t = int(state["step"].item())
+                t = state["step"].double()  # CPU scalar: bias corrections in float64, no device sync
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(beta1).add_(grad, alpha=1 - beta1)
                 v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
@@ -83,13 +90,14 @@ class Lamb(Optimizer):
                 data = p.float()
                 if group["weight_decay"]:
                     update.add_(data, alpha=group["weight_decay"])
-                trust = 1.0
                 if group["adapt"]:
-                    w_norm = data.norm().item()
-                    u_norm = update.norm().item()
-                    if w_norm > 0 and u_norm > 0:
-                        trust = min(max(w_norm / u_norm, 0.0), group["max_trust"])
-                p.add_((-group["lr"] * trust * update).to(p.dtype))
+                    w_norm = data.norm().double()
+                    u_norm = update.norm().double()
+                    ratio = (w_norm / u_norm).clamp(0.0, group["max_trust"])
+                    trust = torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio))
+                    p.add_((update * (trust * -group["lr"])).to(p.dtype))
+                else:
+                    p.add_((-group["lr"] * update).to(p.dtype))
         return loss
 
 

@@ -36,3 +36,16 @@ def prepared_demo(tmp_path_factory, demo_corpus) -> str:
     })
     run(cfg, echo=lambda line: None)
     return str(out)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `cuda` need a CUDA GPU: skipped, with the reason, where there is none
+    (bench/gpu_check.sh runs them on a GPU machine with `-m cuda`)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); run bench/gpu_check.sh on one")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)

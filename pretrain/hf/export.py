@@ -10,6 +10,7 @@ SentencePiece tokenizer from model_type).
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 from torch import nn
@@ -19,7 +20,14 @@ from pretrain.model.pretraining import PretrainingModel, build_model
 
 from .convert import ExportError, from_hf_config, load_hf_state_dict, to_hf_config, to_hf_state_dict
 
-__all__ = ["ExportError", "export_hf", "load_hf_pretrained", "save_tokenizer", "to_hf_model"]
+__all__ = ["ExportError", "RUN_OPTIONS", "continued_config", "export_hf", "hf_model_config",
+           "load_hf_pretrained", "save_tokenizer", "shape_differences", "to_hf_model"]
+
+# Continued pretraining (model.init_from): what the run decides about a pretrained model —
+# regularisation, memory, which sentence head to train, where it came from. Every other
+# ModelConfig field is the pretrained model's own (its shape and architecture) and comes from
+# the HF directory's config.json.
+RUN_OPTIONS = ("hidden_dropout", "attention_dropout", "sentence_head", "gradient_checkpointing", "init_from")
 
 SPECIAL_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
 
@@ -31,9 +39,12 @@ def to_hf_model(model: nn.Module, cfg: ModelConfig):
     cls = BertForPreTraining if cfg.arch == "bert" else AlbertForPreTraining
     hf = cls(to_hf_config(cfg))
     missing, unexpected = hf.load_state_dict({k: v.float() for k, v in to_hf_state_dict(model).items()}, strict=False)
-    # Only HF bookkeeping buffers (e.g. position_ids) or an absent sentence head may be missing.
+    # Only HF bookkeeping buffers (e.g. position_ids) or an absent sentence head may be missing;
+    # without a sentence head (sentence_head=none) there is no pooler either: HF keeps its init.
+    headless = cfg.sentence_head == "none"
     bad = [k for k in missing if not (k.endswith("position_ids") or k.endswith("token_type_ids")
-                                      or "seq_relationship" in k or "sop_classifier" in k)]
+                                      or "seq_relationship" in k or "sop_classifier" in k
+                                      or (headless and ".pooler." in k))]
     if bad or unexpected:
         raise KeyError(f"HF conversion mismatch: missing={bad} unexpected={unexpected}")
     return hf.eval()
@@ -83,19 +94,48 @@ def export_hf(model: nn.Module, cfg: ModelConfig, tokenizer_file: str | Path, ou
     return out_dir
 
 
-def load_hf_pretrained(path: str | Path) -> tuple[PretrainingModel, ModelConfig]:
-    """Our model + config from an HF BERT/ALBERT directory (ours or any Bert/AlbertForPreTraining
-    or *ForMaskedLM checkpoint; a missing sentence head is freshly initialised). Used for
-    continued pretraining (ModelConfig.init_from)."""
-    from transformers import AlbertForPreTraining, AutoConfig, BertForPreTraining
+def hf_model_config(path: str | Path) -> ModelConfig:
+    """The ModelConfig of an HF BERT/ALBERT directory, from its config.json alone (no weights read)."""
+    from transformers import AutoConfig
 
     path = Path(path)
     if not (path / "config.json").is_file():
         raise ExportError(f"model.init_from={str(path)!r}: no config.json there (expected an HF model directory)")
-    hf_config = AutoConfig.from_pretrained(str(path))
-    cfg = from_hf_config(hf_config)
-    cls = BertForPreTraining if cfg.arch == "bert" else AlbertForPreTraining
+    return from_hf_config(AutoConfig.from_pretrained(str(path)))
+
+
+def shape_differences(a: ModelConfig, b: ModelConfig) -> dict[str, tuple]:
+    """{key: (a's, b's)} for every field that is not a RUN_OPTION and differs."""
+    return {f.name: (getattr(a, f.name), getattr(b, f.name)) for f in fields(ModelConfig)
+            if f.name not in RUN_OPTIONS and getattr(a, f.name) != getattr(b, f.name)}
+
+
+def continued_config(run: ModelConfig, pretrained: ModelConfig) -> ModelConfig:
+    """The model a continued-pretraining run trains: `pretrained`'s shape, `run`'s RUN_OPTIONS."""
+    return replace(pretrained, **{k: getattr(run, k) for k in RUN_OPTIONS})
+
+
+def load_hf_pretrained(path: str | Path, cfg: ModelConfig | None = None) -> tuple[PretrainingModel, ModelConfig]:
+    """Our model + config from an HF BERT/ALBERT directory (ours or any Bert/AlbertForPreTraining
+    or *ForMaskedLM checkpoint; a missing sentence head is freshly initialised). Used for
+    continued pretraining (ModelConfig.init_from).
+
+    With `cfg` (the run's effective model config, continued_config at launch) the model is built
+    from it, so the run's dropout / gradient checkpointing / sentence head apply; a shape that
+    differs from the directory's is one ExportError naming the key.
+    """
+    from transformers import AlbertForPreTraining, BertForPreTraining
+
+    loaded = hf_model_config(path)
+    if cfg is not None:
+        differ = shape_differences(cfg, loaded)
+        if differ:
+            key, (ours, theirs) = next(iter(differ.items()))
+            raise ExportError(f"model.{key}={ours!r} but model.init_from={str(path)!r} has {key}={theirs!r}; "
+                              "with init_from the model's shape is the directory's")
+        loaded = ModelConfig(**asdict(cfg))
+    cls = BertForPreTraining if loaded.arch == "bert" else AlbertForPreTraining
     hf = cls.from_pretrained(str(path))
-    model = build_model(cfg)
+    model = build_model(loaded)
     load_hf_state_dict(model, hf.state_dict())
-    return model, cfg
+    return model, loaded

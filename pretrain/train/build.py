@@ -52,17 +52,11 @@ def model_config(cfg: DictConfig) -> ModelConfig:
 def build_model_from_config(cfg: DictConfig):
     mcfg = model_config(cfg)
     if mcfg.init_from:
+        # config.yaml already holds the effective config (the directory's shape, the run's
+        # options: launch/preflight.py); a shape that differs from the directory's is one error.
         from pretrain.hf.export import load_hf_pretrained
 
-        model, loaded = load_hf_pretrained(mcfg.init_from)
-        if loaded.vocab_size != mcfg.vocab_size:
-            from pretrain.train.config import ConfigError
-
-            raise ConfigError(
-                f"config key 'model.init_from' = {mcfg.init_from!r} has vocab_size {loaded.vocab_size}, "
-                f"the data's tokenizer needs {mcfg.vocab_size}; prepare the data with tokenizer.path=<that dir>/tokenizer.json"
-            )
-        return model, loaded
+        return load_hf_pretrained(mcfg.init_from, mcfg)
     return build_model(mcfg), mcfg
 
 

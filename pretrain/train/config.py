@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
+from parallel.precision import CHOICES as PRECISION_CHOICES
 from parallel.topology import BACKENDS
 from pretrain.data.config import DataConfig, ObjectiveConfig
 from pretrain.model.config import ModelConfig
@@ -134,7 +135,7 @@ _CHOICES = {
     "objective.masking": ("token", "whole_word", "span"),
     "objective.sentence_task": ("sop", "nsp", "none"),
     "parallel.zero_stage": (0, 1, 2, 3),
-    "precision.dtype": ("fp32", "bf16", "fp16"),
+    "precision.dtype": PRECISION_CHOICES,
     "optim.name": ("adamw", "lamb"),
     "optim.impl": ("torch", "deepspeed"),
     "schedule.name": ("linear", "cosine", "constant", "wsd"),

@@ -32,7 +32,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     # SLURM time-limit safety net: rank 0 polls, the all-reduce below tells every rank.
     deadline = JobDeadline.from_env(cfg.cluster, log=log) if topo.rank == 0 else None
     preempt = PreemptionFlag(checkpoint_signals(cfg.cluster.signal), deadline=deadline)
-    peak = peak_flops_per_device(cfg.precision.dtype, cfg.trainer.peak_flops)
+    peak = peak_flops_per_device(cfg.precision.dtype, cfg.trainer.peak_flops, topo.device)
+    log(f"precision {cfg.precision.dtype}; MFU against {peak.line()}")
     meter = Meter()
     progress = Progress(cfg.trainer.max_steps, state.step, enabled=cfg.trainer.progress and topo.rank == 0)
     batches = iter(loader)
@@ -63,7 +64,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         progress.update(state.step, metrics.get("loss"))
         verdict = watchdog.check(engine, state.step, metrics, nonfinite > 0)  # may rewind the engine
         if state.step % cfg.trainer.log_every == 0 or verdict.event:
-            speed = meter.summary(topo.world_size, peak, topo.device)
+            speed = meter.summary(topo.world_size, peak.flops, topo.device)
             tracker.log({**_train_metrics(metrics, speed, state), **watchdog.metrics(verdict)}, state.step)
             meter.reset()
         if verdict.stop:

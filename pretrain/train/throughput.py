@@ -4,40 +4,63 @@ from __future__ import annotations
 import resource
 import sys
 import time
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
-# Dense bf16/fp16 tensor-core peaks (FLOP/s) of common accelerators, used for MFU when
-# trainer.peak_flops is not set. Matched by substring of torch.cuda.get_device_name().
-_GPU_PEAK_BF16 = {
+# Dense bf16/fp16 tensor-core peaks (FLOP/s, spec sheets) of common accelerators, used for MFU
+# when trainer.peak_flops is not set and the GPU computes that dtype natively. Matched by substring
+# of torch.cuda.get_device_name(). (H200: 989 TFLOP/s spec; ~790 measured on an 8192^3 matmul.)
+_GPU_PEAK_16BIT = {
     "H200": 989e12, "H100": 989e12, "A100": 312e12, "A800": 312e12, "L40S": 362e12, "L4": 121e12,
-    "A10G": 125e12, "A10": 125e12, "V100": 125e12, "RTX 4090": 165e12, "RTX 3090": 71e12, "MI300X": 1307e12,
+    "A10G": 125e12, "A10": 125e12, "V100": 125e12, "T4": 65e12, "RTX 4090": 165e12, "RTX 3090": 71e12,
+    "MI300X": 1307e12,
 }
 
 
-def peak_flops_per_device(dtype: str, configured: float | None) -> float:
+@dataclass(frozen=True)
+class Peak:
+    """The per-device FLOP/s MFU is reported against, and where the number comes from."""
+    flops: float
+    source: str
+
+    def line(self) -> str:
+        return f"{self.flops / 1e12:.3g} TFLOP/s per device, {self.source}"
+
+
+def _table_peak(dtype: str, device: torch.device) -> Optional[float]:
+    """The spec-sheet peak where it applies: fp16, or bf16 on sm_80+ (fp32 and emulated bf16 are measured)."""
+    from parallel.device import cuda_capability
+
+    if device.type != "cuda" or dtype == "fp32" or (dtype == "bf16" and cuda_capability(device) < (8, 0)):
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((value for key, value in _GPU_PEAK_16BIT.items() if key in name), None)
+
+
+def peak_flops_per_device(dtype: str, configured: Optional[float], device: Optional[torch.device] = None) -> Peak:
+    """MFU's denominator for `dtype` (the precision the run trains in) on `device` (default: this
+    process's compute device): trainer.peak_flops if set, else the spec table for a known GPU's
+    native 16-bit dtype, else a matmul in that dtype measured now on that device."""
+    from parallel.device import compute_device, describe
+
+    device = device or compute_device()
     if configured:
-        return float(configured)
-    if torch.cuda.is_available():
-        name = torch.cuda.get_device_name()
-        for key, value in _GPU_PEAK_BF16.items():
-            if key in name:
-                return value if dtype != "fp32" else value / 16  # TF32-off fp32 is ~1/16 of bf16 on these parts
-    return measured_matmul_peak(dtype)
+        return Peak(float(configured), f"trainer.peak_flops (set), {dtype} on {describe(device)}")
+    table = _table_peak(dtype, device)
+    if table is not None:
+        return Peak(table, f"dense {dtype} spec of {torch.cuda.get_device_name(device)}")
+    return measured_matmul_peak(dtype, device)
 
 
-def measured_matmul_peak(dtype: str, n: int = 1024, repeats: int = 5) -> float:
-    """Best-of-N FLOP/s of one square matmul on the CPU: the honest ceiling for MFU here."""
-    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float32, "fp32": torch.float32}[dtype]
-    a = torch.randn(n, n, dtype=torch_dtype)
-    b = torch.randn(n, n, dtype=torch_dtype)
-    torch.mm(a, b)
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
+def measured_matmul_peak(dtype: str, device: Optional[torch.device] = None) -> Peak:
+    """The best measured matmul rate in `dtype` on `device` (parallel.device.matmul_peak: the one
+    probe, time-bounded so an emulated dtype costs a fraction of a second, not seconds)."""
+    from parallel.device import compute_device, matmul_peak
+
+    measured = matmul_peak(dtype, device or compute_device())
+    return Peak(measured.flops, f"measured: {measured.line()}")
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -63,3 +63,18 @@ def test_user_errors_are_one_line_export_errors(tokenizer_file, tmp_path):
     cfg = tiny_cfg(vocab_size=100)  # smaller than the 400-token tokenizer
     with pytest.raises(ExportError, match="vocab_size"):
         export_hf(build_model(cfg), cfg, tokenizer_file, tmp_path / "out")
+
+
+@pytest.mark.parametrize("arch", ["bert", "albert"])
+def test_a_model_without_sentence_head_exports_and_fills_masks(arch, tokenizer_file, tmp_path):
+    """objective=mlm runs (model.sentence_head=none) have no pooler: export must not demand one."""
+    cfg = tiny_cfg(arch, vocab_size=400, hidden_dropout=0.0, attention_dropout=0.0, sentence_head="none")
+    model = build_model(cfg).eval()
+    out_dir = export_hf(model, cfg, tokenizer_file, tmp_path / "headless")
+    tok = AutoTokenizer.from_pretrained(str(out_dir))
+    hf = AutoModelForMaskedLM.from_pretrained(str(out_dir)).eval()
+    enc = tok(["The class statement defines a [MASK] object."], return_tensors="pt")
+    ours = model(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"], all_positions=True).mlm_logits
+    assert (ours - hf(**enc).logits).abs().max() <= 1e-5
+    again, again_cfg = load_hf_pretrained(out_dir)
+    assert again_cfg.arch == arch

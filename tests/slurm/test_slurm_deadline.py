@@ -142,16 +142,17 @@ def test_checkpoint_signal_is_configurable_and_kept_from_before_the_loop():
 def test_job_setup_resolves_precision_auto_once_into_config_yaml(tmp_path):
     """precision.dtype=auto is what config.yaml holds for a SLURM run until the job's first node
     resolves it; this path reads the raw file (no schema), so it works whatever the choices."""
-    from launch.slurm_setup import resolve_auto_precision
+    from launch.slurm_setup import settle_job_precision
     from pretrain.train.rundir import load_raw_config
 
     (tmp_path / "config.yaml").write_text("precision:\n  dtype: auto\n  loss_scale: 0.0\ncluster:\n  kind: slurm\n")
     logged = []
-    reason = resolve_auto_precision(str(tmp_path), log=logged.append)
+    lines = settle_job_precision(str(tmp_path), log=logged.append)
     stored = load_raw_config(str(tmp_path))
     assert stored.precision.dtype in ("fp32", "bf16") and stored.precision.loss_scale == 0.0
-    assert reason.startswith("auto -> ") and stored.precision.dtype in logged[0]
-    assert resolve_auto_precision(str(tmp_path), log=logged.append) is None  # later attempts keep it
+    assert stored.precision.resolved_from == "auto" and stored.precision.reason
+    assert lines and logged[0] == f"[setup] {lines[0]}" and stored.precision.dtype in logged[0]
+    assert settle_job_precision(str(tmp_path), log=logged.append) is None  # later attempts keep it
     assert load_raw_config(str(tmp_path)).precision.dtype == stored.precision.dtype
     assert not os.path.exists(tmp_path / "config.yaml.tmp")
 
