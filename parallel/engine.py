@@ -231,6 +231,11 @@ def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig
     if parallel_cfg.pipeline_stages > 1:
         from .pipe_engine import build_pipeline_engine as builder
     else:
+        from deepspeed.utils import groups
+
+        # DeepSpeed keeps the last pipeline engine's process grid as a process-wide default
+        # (groups.mpu), which a later plain engine in the same process would take for its own.
+        groups.mpu = None
         from .ds_engine import build_deepspeed_engine as builder
     return builder(model, loss_fn, parallel_cfg, precision_cfg, optim_cfg, schedule_cfg,
                    total_steps=total_steps, micro_batch_size=micro_batch_size, grad_accum=grad_accum,
