@@ -79,7 +79,7 @@ def stage_zero_states(ckpt_dir: str, meta: dict, stage: int, keys=STATE_KEYS) ->
             flat = {"fp32": osd["single_partition_of_fp32_groups"][g], "exp_avg": state[g].get("exp_avg"),
                     "exp_avg_sq": state[g].get("exp_avg_sq")}
             for pp_name, frag in mapping.items():
-                pieces[pp_name].append({k: flat[k].narrow(0, frag.start, frag.numel).clone() for k in keys})
+                pieces[pp_name].append({k: flat[k].detach().narrow(0, frag.start, frag.numel).clone() for k in keys})
                 steps[pp_name] = state[g].get("step")
         del osd
     out = {}

@@ -96,6 +96,19 @@ def evaluate(engine):
     return all_reduce_sum(totals).tolist()
 
 
+def uneven_eval(engine) -> dict:
+    """The trainer's evaluate() over the eval batches split unevenly between the two replicas
+    (2 + 1, and 3 + 0: one replica has no data at all), against every batch on every replica."""
+    from pretrain.train.evaluate import evaluate as trainer_evaluate
+
+    batches, topo = eval_batches(), engine.topo
+    everywhere = torch.tensor(evaluate(engine)) / topo.dp_size   # each replica evaluated all of them
+    out = {"expected": everywhere.tolist()}
+    for name, split in (("two_one", (batches[:2], batches[2:])), ("three_none", (batches, []))):
+        out[name] = trainer_evaluate(engine, lambda split=split: split[topo.dp_rank], None)
+    return out
+
+
 def weight_diff(a: dict, b: dict) -> float:
     assert sorted(a) == sorted(b), sorted(set(a) ^ set(b))[:5]
     return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
@@ -115,6 +128,7 @@ def scenario_two(work):
     plain_weights = plain.consolidated_state_dict()
     pipe, _ = make(2, "bert", zero=1, gas=4)
     res["bert_pipe"] = slim(run(pipe, 4, 4, save_at=2, save_dir=os.path.join(work, "pipe_z1")))
+    res["bert_pipe_all_ranks"] = all_gather_object(res["bert_pipe"])
     res["bert_pipe_eval"] = evaluate(pipe)
     res["bert_weight_diff"] = weight_diff(plain_weights, pipe.consolidated_state_dict())
     res["stage_params"] = all_gather_object(int(sum(p.numel() for p in pipe.module.parameters())))
@@ -161,9 +175,11 @@ def scenario_four(work):
     for arch, zero in (("bert", 1), ("albert", 0)):
         pipe, _ = make(2, arch, zero=zero, gas=4)
         res[f"{arch}_pipe8"] = slim(run(pipe, 8, 3))
+        res[f"{arch}_pipe8_all_ranks"] = all_gather_object(res[f"{arch}_pipe8"])
         weights = pipe.consolidated_state_dict()
         ref = torch.load(os.path.join(work, f"{arch}_plain8_weights.pt"))
         res[f"{arch}_weight_diff8"] = weight_diff(ref, weights)
+    res["uneven_eval"] = uneven_eval(pipe)
     # The 2-stage x 1-replica checkpoint (step 2, 4 micro-batches per step) in other layouts.
     src = os.path.join(work, "pipe_z1")
     for name, stages, zero, gas in (("pp2x2", 2, 1, 2), ("pp4x1", 4, 1, 4), ("plain4_z2", 1, 2, 1)):

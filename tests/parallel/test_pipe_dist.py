@@ -48,6 +48,7 @@ def test_two_stages_train_and_evaluate_like_the_plain_engine_for_bert_and_albert
         plain_eval, pipe_eval = r[f"{arch}_plain_eval"], r[f"{arch}_pipe_eval"]
         assert pipe_eval == pytest.approx(plain_eval, rel=REL)  # three batch shapes, one partial
         assert plain_eval[2] > 0 and plain_eval[5] == 8  # masked tokens and sentences were counted
+    assert all(ranks == r["bert_pipe"] for ranks in r["bert_pipe_all_ranks"])  # every rank logs the same
     ms = r["bert_pipe"]
     assert all(m["sentence_count"] == 16 for m in ms)  # 4 micro-batches x 4 sequences
     assert ms[0]["mlm_loss_sum"] / ms[0]["mlm_count"] + ms[0]["sentence_loss_sum"] / 16 == pytest.approx(
@@ -85,6 +86,20 @@ def test_two_stages_by_two_replicas_match_the_plain_engine(runs):
     for arch in ("bert", "albert"):
         assert_same_steps(four[f"{arch}_pipe8"], two[f"{arch}_plain8"])
         assert four[f"{arch}_weight_diff8"] < 1e-6, arch
+        assert all(ranks == four[f"{arch}_pipe8"] for ranks in four[f"{arch}_pipe8_all_ranks"])
+
+
+def test_evaluation_over_uneven_replica_shards_counts_every_batch_once(runs):
+    _, _, four = runs
+    e = four["uneven_eval"]
+    want = dict(zip(("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct",
+                     "sentence_count"), e["expected"]))
+    for name in ("two_one", "three_none"):
+        got = e[name]
+        assert got["eval/masked_tokens"] == want["mlm_count"] > 0, name
+        assert got["eval/mlm_loss"] == pytest.approx(want["mlm_loss_sum"] / want["mlm_count"], rel=REL)
+        assert got["eval/mlm_acc"] == pytest.approx(want["mlm_correct"] / want["mlm_count"], rel=REL)
+        assert got["eval/sop_acc"] == pytest.approx(want["sentence_correct"] / want["sentence_count"], rel=REL)
 
 
 def test_resume_across_stages_replicas_and_plain_continues_exactly(runs):
@@ -109,6 +124,6 @@ def test_pipeline_checkpoints_consolidate_to_the_plain_state_dict(runs):
     # ZeRO-1: the fp32 masters, equal to the plain engine's checkpoint of the same step.
     pipe, plain = consolidate_fp32(str(work / "pipe_z1")), consolidate_fp32(str(work / "plain_z1"))
     assert sorted(pipe) == sorted(build_model(model_cfg("bert")).state_dict())
-    assert all(v.dtype == torch.float32 for v in pipe.values())
+    assert all(v.dtype == torch.float32 and not v.requires_grad for v in pipe.values())
     assert torch.equal(pipe["heads.mlm.decoder_weight"], pipe["embeddings.word_embeddings.weight"])
     assert max(float((pipe[k] - plain[k]).abs().max()) for k in plain) < 1e-6
