@@ -29,6 +29,7 @@ def _run(module: nn.Module, inputs):
     return module(inputs)
 
 
+@functools.lru_cache(maxsize=None)
 def _tied_spec_class():
     from deepspeed.pipe import TiedLayerSpec
 
@@ -188,6 +189,7 @@ def parts_stage(parts: Sequence[int], layer: int) -> int:
     return max(s for s in range(len(parts) - 1) if parts[s] <= layer)
 
 
+@functools.lru_cache(maxsize=None)
 def _module_class():
     from deepspeed.pipe import PipelineModule
 
