@@ -226,7 +226,8 @@ def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig
 
     resume: the checkpoint `load` will be given (from inspect_checkpoint for this layout); in
     universal mode it is converted once (rank 0) and DeepSpeed is initialised to load it.
-    `parallel_cfg.pipeline_stages > 1` builds the pipeline engine from `model.layers()`.
+    `parallel_cfg.pipeline_stages > 1` builds the pipeline engine from `model.layers()`; it
+    then releases the parameters of `model` that other stages hold (do not reuse `model`).
     """
     if parallel_cfg.pipeline_stages > 1:
         from .pipe_engine import build_pipeline_engine as builder

@@ -129,6 +129,11 @@ def scenario_two(work):
     pipe, _ = make(2, "bert", zero=1, gas=4)
     res["bert_pipe"] = slim(run(pipe, 4, 4, save_at=2, save_dir=os.path.join(work, "pipe_z1")))
     res["bert_pipe_all_ranks"] = all_gather_object(res["bert_pipe"])
+    shorter = [{k: v[:, :8] if v.dim() == 2 else v for k, v in b.items()} for b in global_batch(SEED, 9, 4, MICRO)]
+    try:
+        pipe.train_step(shorter)
+    except ValueError as e:  # refused before anything is sent: DeepSpeed caches shapes between stages
+        res["shape_change"] = str(e)
     res["bert_pipe_eval"] = evaluate(pipe)
     res["bert_weight_diff"] = weight_diff(plain_weights, pipe.consolidated_state_dict())
     res["stage_params"] = all_gather_object(int(sum(p.numel() for p in pipe.module.parameters())))
