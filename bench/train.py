@@ -26,7 +26,7 @@
    current RSS, see current_rss_gb) is measured and subtracted.
 3. Checkpoint save: the trainer's own timing ("saved checkpoint <dir> in X.Xs", rank 0) of the
    memory runs (a save every 2 steps) vs `torch.save` of the same objects (every .pt file of the
-   checkpoint loaded with torch.load(weights_only=False) and re-saved serially, one process).
+   checkpoint loaded weights-only, as the trainer reads it, and re-saved serially, one process).
 
 Hidden modes used by the orchestrator: --plain-worker JSON, --baseline-worker JSON.
 """
@@ -348,9 +348,12 @@ def resave(ckpt_dir: str, reps: int) -> tuple[list[float], int]:
     """torch.save of every .pt of a DeepSpeed checkpoint (loaded back), serially, timed."""
     import torch
 
+    from parallel.checkpoint import weights_only_loads
+
     objs = {}
-    for p in sorted(glob.glob(os.path.join(ckpt_dir, "*.pt"))):
-        objs[os.path.basename(p)] = torch.load(p, weights_only=False, map_location="cpu")
+    with weights_only_loads():  # the trainer's own trust boundary (docs/training.md)
+        for p in sorted(glob.glob(os.path.join(ckpt_dir, "*.pt"))):
+            objs[os.path.basename(p)] = torch.load(p, weights_only=True, map_location="cpu")
     times, nbytes = [], 0
     for _ in range(reps):
         tmp = tempfile.mkdtemp(prefix="resave-", dir=os.path.dirname(ckpt_dir))

@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from pretrain.tracking.reader import BEST_METRIC, KNOWN_METRICS, PLOT_DEFAULT, MetricsError, RunCurves, read_run
+from pretrain.tracking.reader import KNOWN_METRICS, PLOT_DEFAULT, MetricsError, RunCurves, read_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -81,13 +81,25 @@ def _fmt(value: float) -> str:
     return f"{value:.4f}"
 
 
+# Rows from a fine-tuning run's summary.json: (label, key, format).
+FINETUNE_ROWS = (("method", "method", str), ("trainable params", "trainable_params", lambda v: f"{int(v):,}"),
+                 ("trainable %", "trainable_fraction", lambda v: f"{100 * float(v):.3f}"),
+                 ("task weights (bytes)", "task_bytes", lambda v: f"{int(v):,}"))
+
+
 def table(runs: list[RunCurves]) -> str:
-    """Rows = metrics (last value), plus last step and best eval/mlm_acc; one column per run."""
+    """Rows = metrics (last value), plus last step and the best value of each run's main metric
+    (eval/mlm_acc for pretraining, the task metric for fine-tuning) and, for fine-tuning runs,
+    method, trainable parameters and bytes stored per task; one column per run."""
     rows: list[tuple[str, list[str]]] = [("last step", [str(r.last_step) for r in runs])]
     for metric in _order(set().union(*(r.last for r in runs))):
         rows.append((metric, [_fmt(r.last[metric][1]) if metric in r.last else "-" for r in runs]))
-    rows.append((f"best {BEST_METRIC}",
-                 [f"{_fmt(r.best[1])} @{r.best[0]}" if r.best else "-" for r in runs]))
+    for best_metric in dict.fromkeys(r.best_metric for r in runs):
+        rows.append((f"best {best_metric}", [f"{_fmt(r.best[1])} @{r.best[0]}" if r.best and r.best_metric == best_metric
+                                              else "-" for r in runs]))
+    if any(r.summary.get("kind") == "finetune" for r in runs):
+        for label, key, fmt in FINETUNE_ROWS:
+            rows.append((label, [fmt(r.summary[key]) if key in r.summary else "-" for r in runs]))
     header = ["metric"] + [r.name for r in runs]
     widths = [max(len(header[0]), *(len(n) for n, _ in rows))]
     widths += [max(len(header[i + 1]), *(len(v[i]) for _, v in rows)) for i in range(len(runs))]
@@ -111,6 +123,9 @@ def main(argv=None) -> int:
     for run in runs:
         if run.skipped_torn_tail:
             print(f"warning: {run.path}: skipped an unterminated last line (crash mid-write)", file=sys.stderr)
+        if run.nonfinite:
+            counts = ", ".join(f"{k} x{n}" for k, n in sorted(run.nonfinite.items()))
+            print(f"warning: {run.path}: non-finite values, left out of the plots: {counts}", file=sys.stderr)
     names = [r.name for r in runs]
     for i, run in enumerate(runs):  # same basename in different parents: disambiguate labels
         if names.count(run.name) > 1:

@@ -6,7 +6,6 @@ per combination, named `<run.name>-<job number>`.
 """
 from __future__ import annotations
 
-import io
 import shlex
 import sys
 
@@ -15,7 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from launch.errors import one_line_errors
+from launch.errors import condense_hydra_error, one_line_errors, run_hydra_cli  # noqa: F401 (re-exported)
 from launch.local import run_local, torchrun_command
 from launch.preflight import preflight
 from launch.rundir import prepare_run_dir
@@ -75,28 +74,7 @@ def _hydra_main(cfg: DictConfig) -> None:
 
 
 def main() -> None:
-    """Hydra reports composition errors (unknown key, missing preset) over several lines; we
-    keep Python-level stderr until the end and condense such a report into one line."""
-    captured = io.StringIO()
-    real_stderr, sys.stderr = sys.stderr, captured
-    code = 0
-    try:
-        _hydra_main()
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    finally:
-        sys.stderr = real_stderr
-    text = captured.getvalue()
-    if code and text and not text.startswith(f"{PROG}: error:"):
-        text = f"{PROG}: error: {condense_hydra_error(text)}\n"
-    sys.stderr.write(text)
-    raise SystemExit(code)
-
-
-def condense_hydra_error(text: str) -> str:
-    noise = ("Set the environment variable HYDRA_FULL_ERROR", "object_type=", "full_key:")
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith(noise)]
-    return "; ".join(lines) if lines else "configuration error"
+    run_hydra_cli(PROG, _hydra_main)
 
 
 if __name__ == "__main__":

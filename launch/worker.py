@@ -1,4 +1,5 @@
-"""What each rank runs (via torchrun): read the run's resolved config and train.
+"""What each rank runs (via torchrun): read the run's resolved config and train (pretraining, or
+fine-tuning when config.yaml is a pretrain-finetune one).
 
 User errors are written to `logs/error-rank<k>.txt` (first line = the message) so the launcher
 can print one line instead of torchrun's failure report.
@@ -8,6 +9,8 @@ from __future__ import annotations
 import glob
 import os
 import sys
+
+from omegaconf import OmegaConf
 
 from launch.errors import user_error_types
 
@@ -38,11 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     if os.path.exists(error_file):
         os.remove(error_file)
     try:
-        from launch.rundir import load_run_config
-        from pretrain.train.loop import train
+        from launch.rundir import CONFIG_NAME, load_run_config
+        from pretrain.finetune.config import is_finetune_config
 
-        cfg = load_run_config(run_dir)
-        train(cfg, run_dir)
+        raw = OmegaConf.load(os.path.join(run_dir, CONFIG_NAME)) if os.path.isfile(os.path.join(run_dir, CONFIG_NAME)) else {}
+        if is_finetune_config(raw):  # pretrain-finetune with cluster.nproc > 1
+            from pretrain.finetune.config import validate
+            from pretrain.finetune.train import finetune
+
+            finetune(validate(raw), run_dir)
+        else:
+            from pretrain.train.loop import train
+
+            train(load_run_config(run_dir), run_dir)
     except user_error_types() as e:
         os.makedirs(os.path.dirname(error_file), exist_ok=True)
         with open(error_file, "w") as f:

@@ -5,20 +5,41 @@ Why a sidecar `parallel_meta.json`: the engine must know a checkpoint's world si
 half-written or foreign checkpoint with one clear line instead of a DeepSpeed stack trace.
 The meta file is written last, after every rank finished writing, and lists every file with its
 size, so a missing or truncated file is detected without unpickling anything.
+
+Trust boundary: every checkpoint read in this repository (ours, and DeepSpeed's own
+load_checkpoint / zero_to_fp32 / ds_to_universal) runs inside `weights_only_loads()`, so torch's
+weights-only unpickler reads tensors, containers and the few DeepSpeed classes listed in
+`SAFE_GLOBALS`, and never runs code from a file. Exports are safetensors only.
 """
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 from torch import nn
 
 META_FILE = "parallel_meta.json"
 FORMAT = "parallel-ckpt/1"
 UNIVERSAL_DIR = "universal"
+TMP_SUFFIX = ".tmp"   # our own atomic writes (meta, latest) before their rename: never part of a save
+
+# The non-tensor classes DeepSpeed 0.19.8 pickles into its checkpoint files, found by loading real
+# ZeRO 0-3 x fp32/bf16 checkpoints (1 and 2 ranks) and their universal conversions weights-only
+# (tests/parallel/test_engine_dist.py keeps doing so). Plain data holders: allowing them runs no code.
+# DynamicLossScaler replaces LossScaler in fp16 runs (read from DeepSpeed's CreateLossScaler).
+SAFE_GLOBALS = (
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+_FORCE_WEIGHTS_ONLY = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
 
 
 class CheckpointError(ValueError):
@@ -54,15 +75,49 @@ def model_signature(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _safe_globals() -> list:
+    out = []
+    for dotted in SAFE_GLOBALS:
+        module, _, name = dotted.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(module), name))
+        except (ImportError, AttributeError):  # another DeepSpeed version: it will name what it needs
+            continue
+    return out
+
+
+@contextmanager
+def weights_only_loads() -> Iterator[None]:
+    """Every torch.load inside, ours and DeepSpeed's, runs with weights_only=True.
+
+    DeepSpeed passes weights_only=False to torch.load in load_checkpoint, zero_to_fp32 and
+    ds_to_universal; torch's documented TORCH_FORCE_WEIGHTS_ONLY_LOAD overrides that per call, and
+    `SAFE_GLOBALS` allows the few DeepSpeed classes its files hold. Process-wide while active (an
+    environment variable): call from the training thread only.
+    """
+    import torch
+
+    previous = os.environ.get(_FORCE_WEIGHTS_ONLY)
+    os.environ[_FORCE_WEIGHTS_ONLY] = "1"
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            yield
+    finally:
+        if previous is None:
+            os.environ.pop(_FORCE_WEIGHTS_ONLY, None)
+        else:
+            os.environ[_FORCE_WEIGHTS_ONLY] = previous
+
+
 def list_files(ckpt_dir: str) -> dict[str, int]:
-    """Relative path -> size of every file DeepSpeed wrote (our own meta/universal excluded)."""
+    """Relative path -> size of every file DeepSpeed wrote (our own meta, tmp files, universal excluded)."""
     out = {}
     for root, dirs, files in os.walk(ckpt_dir):
         dirs[:] = [d for d in dirs if not (root == ckpt_dir and d.startswith(UNIVERSAL_DIR))]
         for f in files:
             path = os.path.join(root, f)
             rel = os.path.relpath(path, ckpt_dir)
-            if rel != META_FILE and not rel.startswith("latest"):
+            if rel != META_FILE and not rel.startswith("latest") and not rel.endswith(TMP_SUFFIX):
                 out[rel] = os.path.getsize(path)
     return out
 
@@ -70,7 +125,7 @@ def list_files(ckpt_dir: str) -> dict[str, int]:
 def write_meta(ckpt_dir: str, meta: dict) -> None:
     """Atomic write (tmp + rename) of the meta file; call on one rank after a barrier."""
     meta = dict(meta, format=FORMAT, files=list_files(ckpt_dir))
-    tmp = os.path.join(ckpt_dir, META_FILE + ".tmp")
+    tmp = os.path.join(ckpt_dir, META_FILE + TMP_SUFFIX)
     with open(tmp, "w") as f:
         json.dump(meta, f, indent=1, sort_keys=True)
         f.flush()
@@ -195,7 +250,13 @@ def consolidate_fp32(ckpt_dir: str, exclude_frozen: bool = False) -> dict:
         return consolidate(ckpt_dir, meta)
     if meta["zero_stage"] == 0:
         return _stage0_state_dict(ckpt_dir)
-    return get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag, exclude_frozen_parameters=exclude_frozen)
+    try:
+        with weights_only_loads():
+            return get_fp32_state_dict_from_zero_checkpoint(parent, tag=tag, exclude_frozen_parameters=exclude_frozen)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a file that is not a checkpoint we can read safely
+        raise load_error(ckpt_dir, e) from None
 
 
 def _stage0_state_dict(ckpt_dir: str) -> dict:
@@ -204,9 +265,10 @@ def _stage0_state_dict(ckpt_dir: str) -> dict:
 
     path = os.path.join(ckpt_dir, "mp_rank_00_model_states.pt")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with weights_only_loads():
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
-        raise CheckpointError(f"checkpoint {ckpt_dir}: cannot read {os.path.basename(path)} ({e})") from None
+        raise load_error(ckpt_dir, e) from None
     return {k: v.float() if v.is_floating_point() else v for k, v in state["module"].items()}
 
 
@@ -240,12 +302,13 @@ def to_universal(ckpt_dir: str) -> str:
                               num_merge_workers=1, keep_temp_folder=False, strict=True,
                               inject_missing_state=True)
     try:
-        if peek_checkpoint(ckpt_dir).get("pipeline_stages", 1) > 1:
-            from .pipe_checkpoint import to_universal as pipeline_to_universal
+        with weights_only_loads():
+            if peek_checkpoint(ckpt_dir).get("pipeline_stages", 1) > 1:
+                from .pipe_checkpoint import to_universal as pipeline_to_universal
 
-            pipeline_to_universal(ckpt_dir, tmp)
-        else:
-            ds_to_universal.main(args)
+                pipeline_to_universal(ckpt_dir, tmp)
+            else:
+                ds_to_universal.main(args)
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - conversion failures are reported as one line
@@ -261,6 +324,16 @@ def to_universal(ckpt_dir: str) -> str:
     return out
 
 
-def load_error(ckpt_dir: str, exc: BaseException) -> Optional[CheckpointError]:
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def load_error(ckpt_dir: str, exc: BaseException) -> CheckpointError:
+    """One line for a failed load; names the class when the weights-only unpickler refused one."""
+    found = _UNSAFE_GLOBAL.search(str(exc))
+    if found:
+        return CheckpointError(
+            f"checkpoint {ckpt_dir}: a file holds a pickled {found.group(1)}, which checkpoints are not "
+            "allowed to contain (they are read weights-only; add it to parallel.checkpoint.SAFE_GLOBALS "
+            "only if you trust where the checkpoint came from)")
     return CheckpointError(f"checkpoint {ckpt_dir}: cannot load ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''})")

@@ -8,6 +8,7 @@ masked-token count of the whole global batch and backpropagates loss * dp_world_
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -63,6 +64,8 @@ class DeepSpeedEngine(Engine):
         """One optimizer step over `grad_accum` micro-batches (see the module docstring).
 
         If loss_fn accepts `sentence_normalizer`, it gets the global count of sentence labels.
+        The metrics are reduced over ranks before the last `ds.step()` (the one that updates), so
+        the guard knows the global loss, and for ZeRO-0 fp32 the gradient norm, beforehand.
         """
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"train_step got {len(micro_batches)} micro-batches, "
@@ -73,25 +76,27 @@ class DeepSpeedEngine(Engine):
         skipped_before = int(getattr(self.ds, "skipped_steps", 0))
         self.ds.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.topo.device)
-        grad_norm = None
         stats_sum: dict[str, float] = {}
         for micro, batch in enumerate(batches):
             self._seed(step, micro)
             loss, stats = self._forward_loss(batch, mlm_norm, sent_norm)
             self.ds.backward(loss * self.dp_world_size, scale_wrt_gas=False)
-            if micro == len(batches) - 1 and self._own_grad_norm:
-                grad_norm = self._module_grad_norm()
-            self.ds.step()
             loss_sum += loss.detach().double()
             for k, v in stats.items():
                 stats_sum[k] = stats_sum.get(k, 0.0) + scalar(v)
+            if micro < len(batches) - 1:
+                self.ds.step()  # accumulation only: no update yet
         metrics = self._reduce(loss_sum, stats_sum)
+        own_norm = scalar(self._module_grad_norm()) if self._own_grad_norm else None
+        self.guard.expect(math.isfinite(metrics["loss"]), own_norm)
+        self.ds.step()
         metrics["lr"] = lr
-        metrics["grad_norm"] = scalar(grad_norm if self._own_grad_norm else self.ds.get_global_grad_norm())
+        grad_norm = own_norm if self._own_grad_norm else scalar(self.ds.get_global_grad_norm())
+        metrics.update(self._step_report(metrics["loss"], grad_norm,
+                                         int(getattr(self.ds, "skipped_steps", 0)) - skipped_before))
         if self.precision_cfg.dtype == "fp16":
             opt = self.ds.optimizer
             metrics["loss_scale"] = scalar(getattr(opt, "cur_scale", getattr(opt, "loss_scale", None)))
-            metrics["skipped"] = float(int(getattr(self.ds, "skipped_steps", 0)) - skipped_before)
         return metrics
 
     @torch.no_grad()

@@ -12,10 +12,16 @@ and micro-batches.
 Checkpoints: `save` writes DeepSpeed's files plus `parallel_meta.json` (written last, lists every
 file with its size); `load` takes a `Resume` that `parallel.checkpoint.inspect_checkpoint` already
 validated (the trainer's CheckpointManager decides what to resume from; nothing here re-checks).
+`load` also works on a running engine (the trainer's rewind); files are read weights-only.
+
+Non-finite steps: every engine installs an `UpdateGuard` (parallel/update_guard.py) on its
+innermost optimizer, so an update whose loss or gradient norm is not finite is dropped on every
+rank before it is applied; `state_is_finite` checks weights and optimizer state before a save.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Optional, Sequence
@@ -27,6 +33,7 @@ from . import checkpoint as ckpt
 from .checkpoint import CheckpointError, Layout, Resume
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .topology import Topology, all_gather_object, barrier
+from .update_guard import UpdateGuard, all_finite, everywhere
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
 IGNORE = -100
@@ -56,8 +63,12 @@ class Engine(ABC):
     """What the loop uses. Every method is called by all ranks (they are collective).
 
     train_step(micro_batches) -> metrics: one optimizer step over `grad_accum` micro-batches;
-        metrics = loss (global-batch loss), lr (used by this step), grad_norm, loss_scale and
-        skipped (fp16), and the loss_fn stats summed over micro-batches and data-parallel ranks.
+        metrics = loss (global-batch loss), lr (used by this step), grad_norm, loss_scale (fp16),
+        skipped (1.0 when no update was applied: fp16 overflow, or a non-finite step dropped by
+        the guard), nonfinite (1.0 when the loss, or outside fp16 the gradient norm, was not
+        finite), and the loss_fn stats summed over micro-batches and data-parallel ranks. Every
+        value is global: the same on every rank.
+    state_is_finite() -> bool: weights and optimizer state are finite on every rank (collective).
     eval_step(batch) -> stats: this rank's summed stats of one batch, no grad (combine ranks with
         topology.all_reduce_sum; ranks that hold no part of the output return zeros).
     save(dir, client_state) / load(resume) -> client_state.
@@ -78,6 +89,8 @@ class Engine(ABC):
         self.load_universal = load_universal
         self.model_inputs = tuple(model_inputs)
         self.dp_world_size = topo.dp_size
+        self.layout = layout_of(topo, parallel_cfg, precision_cfg)
+        self.guard = UpdateGuard(ds_engine)
 
     # ---------------------------------------------------------------- interface
     @abstractmethod
@@ -102,7 +115,36 @@ class Engine(ABC):
     def module(self) -> nn.Module:
         return self.ds.module
 
+    def state_is_finite(self) -> bool:
+        """Collective: every weight (the module's, ZeRO-3 partitions included), master weight and
+        optimizer state tensor held by any rank is finite. One pass over them, one all-reduce."""
+        inner = self.guard.inner
+        tensors = [getattr(p, "ds_tensor", p) for p in self.module.parameters()]
+        tensors += [p for group in inner.param_groups for p in group["params"]]
+        # ZeRO-3 hands its fp32 partitions to the optimizer only inside step(): they are the
+        # keys of the optimizer's state.
+        tensors += [p for p in inner.state if isinstance(p, torch.Tensor)]
+        tensors += [v for state in inner.state.values() if isinstance(state, dict)
+                    for v in state.values() if isinstance(v, torch.Tensor)]
+        return everywhere(all_finite(tensors))
+
+    def _universal_aliases(self) -> Optional[dict]:
+        """Module parameter name -> plain name, where they differ (the pipeline module)."""
+        return None
+
     # ---------------------------------------------------------------- shared helpers
+    def _step_report(self, loss: float, grad_norm: float, skipped: int) -> dict:
+        """`nonfinite`, `skipped` and a truthful `grad_norm` for a step's metrics.
+
+        Outside fp16 DeepSpeed only skips an update for a non-finite gradient norm, and then may
+        leave last step's norm in place (ZeRO-3): such a step reports grad_norm = inf. Under fp16
+        an overflow skip is loss scaling at work, not a non-finite step."""
+        fp16 = self.precision_cfg.dtype == "fp16"
+        if skipped and not fp16 and math.isfinite(grad_norm):
+            grad_norm = math.inf
+        bad = not math.isfinite(loss) or (not fp16 and not math.isfinite(grad_norm))
+        return {"grad_norm": grad_norm, "skipped": float(skipped), "nonfinite": float(bad)}
+
     def _to_device(self, batch: dict) -> dict:
         dev = self.topo.device
         return {k: v.to(dev, non_blocking=True) if isinstance(v, torch.Tensor) else v
@@ -123,22 +165,27 @@ class Engine(ABC):
                 "pipeline_stages": self.parallel_cfg.pipeline_stages,
                 "model_signature": self.signature, "global_step": self.global_step}
 
-    def save(self, ckpt_dir: str, client_state: dict) -> None:
+    def save(self, ckpt_dir: str, client_state: dict, meta: Optional[dict] = None) -> None:
         """Writes a DeepSpeed checkpoint into exactly `ckpt_dir` (tag = basename, no `latest`
-        file), then rank 0 writes parallel_meta.json last: a directory without it is an
-        unfinished save. Assumes a filesystem shared by all ranks."""
+        file), then rank 0 writes parallel_meta.json last (with `meta` added): a directory
+        without it is an unfinished save. Assumes a filesystem shared by all ranks."""
         parent, tag = os.path.split(os.path.abspath(ckpt_dir))
         state = {"client_state": client_state, "parallel_meta": self._meta()}
         self.ds.save_checkpoint(parent, tag=tag, client_state=state, save_latest=False)
         barrier()
         if self.topo.rank == 0:
-            ckpt.write_meta(ckpt_dir, self._meta())
+            ckpt.write_meta(ckpt_dir, {**self._meta(), **(meta or {})})
         barrier()
 
     def load(self, resume: Resume) -> dict:
         """Returns the client_state given to `save`. `resume` comes from inspect_checkpoint for
-        this engine's layout, and the engine must have been built with it (universal loading is
-        an initialize-time setting)."""
+        this engine's layout, and the engine must have been built for its mode (universal loading
+        is an initialize-time setting). An engine built for universal loading (resumed at another
+        world size) loads a plain checkpoint of its own layout through a universal conversion
+        too: that is what a rewind to a checkpoint it saved itself needs."""
+        if resume.mode == "plain" and self.load_universal:
+            prepare_universal(resume.path, self.topo, self._universal_aliases())  # rank 0 converts once
+            resume = Resume(resume.path, "universal", resume.meta)
         universal = resume.mode == "universal"
         if universal != self.load_universal:
             raise CheckpointError(
@@ -150,13 +197,15 @@ class Engine(ABC):
             load_dir, tag = os.path.split(os.path.abspath(resume.path))
         hparams = self._group_hparams()
         try:
-            path, state = self.ds.load_checkpoint(load_dir, tag=tag, load_module_strict=True,
-                                                  load_optimizer_states=True,
-                                                  load_lr_scheduler_states=True)
+            with ckpt.weights_only_loads():
+                path, state = self.ds.load_checkpoint(load_dir, tag=tag, load_module_strict=True,
+                                                      load_optimizer_states=True,
+                                                      load_lr_scheduler_states=True)
         except CheckpointError:
             raise
         except Exception as e:  # noqa: BLE001 - torch.load / DeepSpeed failures on a bad directory
             raise ckpt.load_error(resume.path, e) from e
+        self.guard.reset()
         if path is None or state is None or "client_state" not in state:
             raise CheckpointError(f"checkpoint {resume.path}: DeepSpeed found nothing to load")
         if universal:

@@ -23,9 +23,12 @@ _SHARDED = ("base_optimizer_state", "param_slice_mappings", "single_partition_of
 
 
 def _load(ckpt_dir: str, name: str) -> dict:
+    from .checkpoint import weights_only_loads
+
     path = os.path.join(ckpt_dir, name)
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with weights_only_loads():  # the repository's trust boundary (parallel/checkpoint.py)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means a bad file
         raise CheckpointError(f"checkpoint {ckpt_dir}: cannot read {name} ({type(e).__name__}: {e})") from None
 

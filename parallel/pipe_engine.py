@@ -17,13 +17,16 @@ Metrics come from the last stage (loss-function stats summed over micro-batches,
 over the world with zeros elsewhere), so every rank returns the same numbers.
 
 The optimizer step of a pipeline step runs in ONE place, `_optimizer_step`, which DeepSpeed's
-schedule calls after the tied-weight and data-parallel gradient reductions: it measures (and
-for ZeRO-0 fp32, clips) the gradient norm there, then steps.
+schedule calls on every rank after the last forward pass and the tied-weight and data-parallel
+gradient reductions: the step's metrics are reduced there (so the global loss is known before
+the update), the gradient norm is measured (and for ZeRO-0 fp32 clipped), the UpdateGuard is told
+(parallel/update_guard.py: a non-finite step is dropped on every rank), then DeepSpeed steps.
 """
 from __future__ import annotations
 
 import hashlib
 import inspect
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -80,17 +83,18 @@ class StageLoss:
 class PipelineEngine(Engine):
     """Built by `build_engine` for parallel.pipeline_stages > 1; see docs/parallel.md."""
 
-    def __init__(self, ds_engine, loss_fn: LossFn, *, stage_loss: StageLoss, layout: PipeLayout,
+    def __init__(self, ds_engine, loss_fn: LossFn, *, stage_loss: StageLoss, pipe_layout: PipeLayout,
                  own_clip: float, **kwargs):
         super().__init__(ds_engine, loss_fn, **kwargs)
         self.stage_loss = stage_loss
-        self.layout = layout
+        self.pipe_layout = pipe_layout
         self.stage = self.topo.pp_rank
         self.is_first = self.stage == 0
-        self.is_last = self.stage == layout.num_stages - 1
+        self.is_last = self.stage == pipe_layout.num_stages - 1
         self._own_clip = own_clip        # > 0: clip here (DeepSpeed's ZeRO-0 fp32 clip is stage-blind)
         self._own_norm = self.parallel_cfg.zero_stage == 0 and self.precision_cfg.dtype == "fp32"
-        self._grad_norm: Optional[torch.Tensor] = None
+        self._grad_norm: Optional[float] = None
+        self._sums: dict = {}
         self._train_shape: Optional[tuple] = None
         self._step = 0
         self._micro = 0
@@ -109,18 +113,21 @@ class PipelineEngine(Engine):
         return step
 
     def _optimizer_step(self, ds, deepspeed_step, lr_kwargs) -> None:
-        """Gradients are final here (tied copies and replicas reduced). Measure, clip, step."""
+        """Every forward pass is done and the gradients are final here (tied copies and replicas
+        reduced): reduce the step's metrics (the global loss), measure and for ZeRO-0 fp32 clip
+        the gradient norm, tell the UpdateGuard, then let DeepSpeed step (or the guard drop it)."""
+        self._sums = self._last_stage_sums(self._stat_keys())
+        self._grad_norm = None
         if self._own_norm:
-            self._grad_norm = self._stage_grad_norm()
-            if self._own_clip > 0:
-                coef = min(1.0, self._own_clip / (float(self._grad_norm) + 1e-6))
+            self._grad_norm = float(self._stage_grad_norm())
+            if self._own_clip > 0 and math.isfinite(self._grad_norm):
+                coef = min(1.0, self._own_clip / (self._grad_norm + 1e-6))
                 if coef < 1.0:
                     for p in self.module.parameters():
                         if p.grad is not None:
                             p.grad.mul_(coef)
+        self.guard.expect(math.isfinite(self._sums["loss"]), self._grad_norm)
         deepspeed_step(ds, lr_kwargs)
-        if not self._own_norm:
-            self._grad_norm = None
 
     def _stage_grad_norm(self) -> torch.Tensor:
         """L2 norm over all stages of one replica (gradients are replica-averaged already); tied
@@ -193,13 +200,14 @@ class PipelineEngine(Engine):
         self.stage_loss.start(True, "sentence_label" in batches[0], mlm_norm, sent_norm,
                               scale=float(self.grad_accum * self.dp_world_size))
         self.ds.train_batch(data_iter=self._items(batches))
-        metrics = self._last_stage_sums(self._stat_keys())
+        metrics = dict(self._sums)  # reduced in _optimizer_step, before the update
         metrics["lr"] = lr
-        metrics["grad_norm"] = scalar(self._grad_norm if self._own_norm else self.ds.get_global_grad_norm())
+        grad_norm = self._grad_norm if self._own_norm else scalar(self.ds.get_global_grad_norm())
+        metrics.update(self._step_report(metrics["loss"], grad_norm,
+                                         int(getattr(self.ds, "skipped_steps", 0)) - skipped_before))
         if self.precision_cfg.dtype == "fp16":
             opt = self.ds.optimizer
             metrics["loss_scale"] = scalar(getattr(opt, "cur_scale", getattr(opt, "loss_scale", None)))
-            metrics["skipped"] = float(int(getattr(self.ds, "skipped_steps", 0)) - skipped_before)
         return metrics
 
     def _stat_keys(self) -> list[str]:
@@ -236,7 +244,8 @@ class PipelineEngine(Engine):
         for local_index, fn in enumerate(self.module.forward_funcs):
             if not isinstance(fn, nn.Module):
                 continue
-            prefix = self.layout.layer_prefixes[self.layout.parts[self.stage] + local_index]
+            layout = self.pipe_layout
+            prefix = layout.layer_prefixes[layout.parts[self.stage] + local_index]
             for k, v in fn.state_dict().items():
                 out.setdefault(prefix + k, v.detach().float().cpu().clone() if v.is_floating_point()
                                else v.detach().cpu().clone())
@@ -270,7 +279,10 @@ class PipelineEngine(Engine):
 
     # ---------------------------------------------------------------- checkpoints
     def _meta(self) -> dict:
-        return {**super()._meta(), "pipeline": self.layout.to_meta()}
+        return {**super()._meta(), "pipeline": self.pipe_layout.to_meta()}
+
+    def _universal_aliases(self) -> dict:
+        return self.pipe_layout.plain_names
 
     def load(self, resume: Resume) -> dict:
         client = super().load(resume)
@@ -326,7 +338,7 @@ def build_pipeline_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Paral
                   for g in param_groups(module, optim_cfg.weight_decay)]
     ds_engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=params,
                                               lr_scheduler=make_scheduler, config=config)
-    return PipelineEngine(ds_engine, loss_fn, stage_loss=stage_loss, layout=layout,
+    return PipelineEngine(ds_engine, loss_fn, stage_loss=stage_loss, pipe_layout=layout,
                           own_clip=float(optim_cfg.grad_clip) if own_norm else 0.0,
                           topo=topo, parallel_cfg=parallel_cfg, precision_cfg=precision_cfg,
                           grad_accum=grad_accum, seed=seed, signature=signature,

@@ -46,7 +46,8 @@ class PrepareConfig:
     shard_size_bytes: int = 64 * 1024 * 1024   # target size of one shard's token data
     min_train_shards: int = 4
     min_valid_shards: int = 1
-    max_document_chars: int = 1_000_000
+    max_document_chars: int = 1_000_000  # longer documents are cut into pieces (pieces.py)
+    max_jsonl_line_bytes: int = 64 * 1024 * 1024  # a JSONL line is parsed whole: longer ones are counted skips
     on_bad_record: str = "skip"         # skip (count in the manifest) | error (stop, naming file:line)
     invalid_utf8: str = "skip"          # skip (count) | replace (U+FFFD)
     overwrite: bool = False
@@ -156,6 +157,7 @@ def validate_config(raw: Any) -> PrepareConfig:
         "min_train_shards": cfg.min_train_shards >= 1,
         "min_valid_shards": cfg.min_valid_shards >= 0,
         "max_document_chars": cfg.max_document_chars >= 1,
+        "max_jsonl_line_bytes": cfg.max_jsonl_line_bytes >= 1,
         "chunk_bytes": cfg.chunk_bytes >= 1,
         "spill_buffer_bytes": cfg.spill_buffer_bytes >= 0,
         "tokenizer.vocab_size": 5 < cfg.tokenizer.vocab_size <= 2**31 - 1,

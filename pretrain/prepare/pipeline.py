@@ -47,6 +47,8 @@ class SplitStats:
     tokens: int = 0
     one_sentence: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
+    split_documents: int = 0    # records over max_document_chars that were cut into several pieces
+    split_pieces: int = 0       # the pieces those became (documents or skips, each with its own id)
 
 
 @dataclass
@@ -54,6 +56,16 @@ class FileStats:
     records: int = 0
     documents: int = 0
     skipped: collections.Counter = field(default_factory=collections.Counter)
+    split_documents: int = 0
+    split_pieces: int = 0
+
+
+def _count_piece(stats, part: int) -> None:
+    """Account piece `part` (>= 1) of a split record: records + pieces - split = documents + skipped."""
+    if part == 1:
+        stats.split_documents += 1
+        stats.split_pieces += 1  # the record's first piece, now known to be one
+    stats.split_pieces += 1
 
 
 @dataclass
@@ -64,6 +76,9 @@ class Summary:
     sentences: int
     tokens: int
     skipped: dict
+    split_documents: int
+    split_pieces: int
+    max_document_chars: int
     shards: dict
     raw_bytes: int
     seconds: float
@@ -71,9 +86,13 @@ class Summary:
     def lines(self) -> list[str]:
         mbps = self.raw_bytes / 1e6 / max(self.seconds, 1e-9)
         skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items())) or "none"
+        extra = self.split_pieces - self.split_documents
         return [
             f"prepared {self.output}",
-            f"  records {self.records:,} = documents {self.documents:,} + skipped {sum(self.skipped.values()):,} ({skipped})",
+            f"  records {self.records:,} = documents {self.documents:,} + skipped {sum(self.skipped.values()):,} ({skipped})"
+            + (f" - extra pieces {extra:,}" if extra else ""),
+            f"  split documents {self.split_documents:,} (over max_document_chars={self.max_document_chars:,})"
+            + (f" into {self.split_pieces:,} pieces" if self.split_documents else ""),
             f"  sentences {self.sentences:,}  tokens {self.tokens:,}",
             "  shards " + "  ".join(f"{k}={v}" for k, v in self.shards.items()),
             f"  {self.raw_bytes / 1e6:.1f} MB in {self.seconds:.1f} s = {mbps:.2f} MB/s",
@@ -123,7 +142,8 @@ def _training_texts(cfg: PrepareConfig, files: list[InputFile]) -> Iterator[str]
     bar = _progress(cfg, sum(f.size for f in files), "tokenizer sample")
     try:
         for file in files:
-            for rec in read_records(file, cfg.format, cfg.max_document_chars, cfg.invalid_utf8, bar.update):
+            for rec in read_records(file, cfg.format, cfg.max_document_chars, cfg.invalid_utf8,
+                                    cfg.max_jsonl_line_bytes, bar.update):
                 if rec.text is None:
                     continue
                 yield rec.text
@@ -224,9 +244,11 @@ def run(cfg: PrepareConfig, echo: Callable[[str], None] = print) -> Summary:
         totals.sentences += s.sentences
         totals.tokens += s.tokens
         totals.skipped.update(s.skipped)
+        totals.split_documents += s.split_documents
+        totals.split_pieces += s.split_pieces
     summary = Summary(out, totals.records, totals.documents, totals.sentences, totals.tokens,
-                      dict(totals.skipped), {k: len(v) for k, v in shards.items()},
-                      sum(f.size for f in files), time.perf_counter() - t0)
+                      dict(totals.skipped), totals.split_documents, totals.split_pieces, cfg.max_document_chars,
+                      {k: len(v) for k, v in shards.items()}, sum(f.size for f in files), time.perf_counter() - t0)
     for line in summary.lines():
         echo(line)
     return summary
@@ -256,17 +278,17 @@ def _tokenize_and_shard(cfg: PrepareConfig, files: list[InputFile], tok: Tokeniz
     def split_of(doc_id: int) -> str:
         return "valid" if vf > 0 and is_valid(doc_id, cfg.seed, vf) else "train"
 
-    def skip(file_idx: int, line: int, doc_id: int, reason: str) -> None:
+    def skip(file_idx: int, line: int, split: str, reason: str) -> None:
         if strict:
             raise PrepareError(f"{files[file_idx].path}:{line}: {reason.replace('_', ' ')} (on_bad_record=error)")
-        split_stats[split_of(doc_id)].skipped[reason] += 1
+        split_stats[split].skipped[reason] += 1
         file_stats[file_idx].skipped[reason] += 1
 
     def consume(meta, results: list[encode.Encoded]) -> None:
         file_idx, lines, splits = meta
         for line, split, res in zip(lines, splits, results):
             if res.sentences == 0:
-                skip(file_idx, line, res.doc_id, EMPTY_DOCUMENT)
+                skip(file_idx, line, split, EMPTY_DOCUMENT)
                 continue
             st = split_stats[split]
             st.documents += 1
@@ -279,19 +301,26 @@ def _tokenize_and_shard(cfg: PrepareConfig, files: list[InputFile], tok: Tokeniz
     pool = _Pool(cfg.resolved_workers(), tok.to_str(), tok.get_vocab_size())
     bar = _progress(cfg, sum(f.size for f in files), "prepare")
     doc_id = 0
+    split = "train"
     try:
         for file_idx, file in enumerate(files):
             docs: list[tuple[int, str]] = []
             lines: list[int] = []
             splits: list[str] = []
             size = 0
-            for rec in read_records(file, cfg.format, cfg.max_document_chars, cfg.invalid_utf8, bar.update):
+            fs = file_stats[file_idx]
+            for rec in read_records(file, cfg.format, cfg.max_document_chars, cfg.invalid_utf8,
+                                    cfg.max_jsonl_line_bytes, bar.update):
                 rid, doc_id = doc_id, doc_id + 1
-                split = split_of(rid)
-                split_stats[split].records += 1
-                file_stats[file_idx].records += 1
+                if rec.part == 0:  # a new record; its pieces (if any) follow and stay in its split
+                    split = split_of(rid)
+                    split_stats[split].records += 1
+                    fs.records += 1
+                else:
+                    _count_piece(split_stats[split], rec.part)
+                    _count_piece(fs, rec.part)
                 if rec.text is None:
-                    skip(file_idx, rec.line, rid, rec.skip)
+                    skip(file_idx, rec.line, split, rec.skip)
                     continue
                 docs.append((rid, rec.text))
                 lines.append(rec.line)
@@ -333,6 +362,8 @@ def _manifest(cfg, tok, fingerprint, chash, files, split_stats, file_stats, shar
             "tokens": st.tokens,
             "skipped": dict(sorted(st.skipped.items())),
             "records": st.records,
+            "split_documents": st.split_documents,
+            "split_pieces": st.split_pieces,
             ONE_SENTENCE: st.one_sentence,
         }
     return {
@@ -347,7 +378,8 @@ def _manifest(cfg, tok, fingerprint, chash, files, split_stats, file_stats, shar
         "splits": splits,
         "inputs": [
             {"path": os.path.abspath(f.path), "bytes": f.size, "records": fs.records, "documents": fs.documents,
-             "skipped": dict(sorted(fs.skipped.items()))}
+             "skipped": dict(sorted(fs.skipped.items())), "split_documents": fs.split_documents,
+             "split_pieces": fs.split_pieces}
             for f, fs in zip(files, file_stats)
         ],
         "config": config_dict(cfg),

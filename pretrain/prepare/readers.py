@@ -2,22 +2,29 @@
 
 Every reader yields ``Record``s in file order: either a document's text or the reason it was
 skipped, both with the 1-based line (or row) they started at, so a strict run can name file:line
-and a lenient one can count. Lines are read with a byte cap, so a 100 MB single-line document is
-recognised as too long without ever becoming one Python string.
+and a lenient one can count. A document over `max_document_chars` comes as its pieces
+(`pieces.py`), each a Record with ``part`` 0, 1, ...: text files are cut while they stream in
+(lines are read with a byte cap, so a 100 MB single-line document never becomes one Python
+string); JSONL lines are parsed whole, so a line over `max_jsonl_line_bytes` is drained and
+counted; parquet values arrive whole from pyarrow.
 """
 from __future__ import annotations
 
 import bz2
+import codecs
+import contextlib
 import glob
 import gzip
 import io
 import json
 import os
+import re
 import zlib
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterator, Optional
+from typing import BinaryIO, Callable, Iterable, Iterator, NamedTuple, Optional, Union
 
 from pretrain.prepare.config import FormatConfig, PrepareError
+from pretrain.prepare.pieces import Piece, PieceCutter
 
 TYPE_BY_EXT = {".txt": "text", ".text": "text", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 COMPRESSION_BY_EXT = {".gz": "gz", ".zst": "zst", ".zstd": "zst", ".bz2": "bz2"}
@@ -28,16 +35,18 @@ EMPTY_DOCUMENT = "empty_document"
 INVALID_JSON = "invalid_json"
 MISSING_FIELD = "missing_field"
 FIELD_NOT_STRING = "field_not_string"
-DOCUMENT_TOO_LONG = "document_too_long"
+UNSPLITTABLE_RUN = "unsplittable_run"   # part of a long document: > max_document_chars without whitespace
+LINE_TOO_LONG = "line_too_long"         # a JSONL line over max_jsonl_line_bytes (parsed whole, so not read)
 
 _READ_CHUNK = 1 << 20
+_DECODE_BATCH = 1 << 16  # a streamed long document's lines are decoded and cut in batches of this many bytes
 
 
-@dataclass(frozen=True)
-class Record:
+class Record(NamedTuple):  # a NamedTuple: built once per record on the hot path, cheaper than a frozen dataclass
     line: int                       # 1-based line (text/jsonl) or row (parquet) where it starts
     text: Optional[str] = None      # the document, or None when skipped
     skip: Optional[str] = None      # reason when skipped
+    part: int = 0                   # > 0: a further piece of the previous record's document (pieces.py)
 
 
 @dataclass(frozen=True)
@@ -133,21 +142,39 @@ def open_binary(file: InputFile, on_bytes: Callable[[int], None]) -> BinaryIO:
     raise AssertionError(file.compression)
 
 
-def _capped_lines(stream: BinaryIO, cap: int, path: str) -> Iterator[tuple[bytes, bool]]:
-    """(line without newline, too_long) pairs; a line longer than `cap` bytes is drained, not kept."""
-    try:
+def _lines(stream: BinaryIO, cap: int, path: str) -> Iterator[Union[bytes, Iterator[bytes]]]:
+    """The lines of a stream, newline stripped; a line over `cap` bytes as an iterator over its
+    fragments (`cap` + 1 bytes each, the last one shorter), so that no line is ever held whole.
+    Exhaust that iterator before taking the next line. Common lines stay plain bytes: this is the
+    reader's hot loop."""
+    readline = stream.readline
+    limit = cap + 1
+    with _corrupt_is_an_error(path):
         while True:
-            line = stream.readline(cap + 1)
+            line = readline(limit)
             if not line:
                 return
-            if len(line) > cap and not line.endswith(b"\n"):
-                while True:  # drain the rest of the over-long line in bounded pieces
-                    rest = stream.readline(_READ_CHUNK)
-                    if not rest or rest.endswith(b"\n"):
-                        break
-                yield b"", True
-                continue
-            yield line.rstrip(b"\r\n"), False
+            if len(line) <= cap or line.endswith(b"\n"):  # the last line may lack its "\n"
+                yield line.rstrip(b"\r\n")
+            else:
+                yield _rest_of_line(stream, line, limit, path)
+
+
+def _rest_of_line(stream: BinaryIO, first: bytes, limit: int, path: str) -> Iterator[bytes]:
+    yield first
+    with _corrupt_is_an_error(path):
+        while True:
+            part = stream.readline(limit)
+            if not part or part.endswith(b"\n"):
+                yield part.rstrip(b"\r\n")
+                return
+            yield part
+
+
+@contextlib.contextmanager
+def _corrupt_is_an_error(path: str) -> Iterator[None]:
+    try:
+        yield
     except (EOFError, OSError, zlib.error) as e:
         raise PrepareError(f"{path}: truncated or corrupt compressed file ({e})") from None
     except Exception as e:  # zstandard.ZstdError and friends do not share a base class
@@ -164,67 +191,165 @@ def _decode(data: bytes, policy: str) -> Optional[str]:
 
 
 def _byte_cap(max_chars: int) -> int:
-    # UTF-8 is at most 4 bytes per char: a line longer than this is surely too long.
+    # UTF-8 is at most 4 bytes per char: a document longer than this is surely too long to be held.
     return 4 * max_chars + 4
+
+
+_ESCAPED = re.compile("[\udc80-\udcff]")  # what errors="surrogateescape" makes of invalid UTF-8 bytes
+
+
+class _LongText:
+    """A text-file document over the limit: decoded and cut into pieces as its bytes arrive.
+
+    Invalid UTF-8 is decided per piece (the pieces before the bad bytes may already be out): with
+    `invalid_utf8=skip` only the piece holding them is skipped, with `replace` they become U+FFFD.
+    """
+
+    def __init__(self, line: int, max_chars: int, utf8: str):
+        self.line = line
+        self.part = 0
+        self.escaped = utf8 != "replace"
+        self.decoder = codecs.getincrementaldecoder("utf-8")("surrogateescape" if self.escaped else "replace")
+        self.cutter = PieceCutter(max_chars)
+        self._data: list[bytes] = []  # fed lines, decoded together once _DECODE_BATCH bytes are here
+        self._size = 0
+
+    @classmethod
+    def of(cls, line: int, data: bytes, max_chars: int, utf8: str) -> list[Record]:
+        """The records of a held document (bytes) over the limit."""
+        long = cls(line, max_chars, utf8)
+        return long.feed(data) + long.finish()
+
+    def feed(self, data: bytes) -> list[Record]:
+        self._data.append(data)
+        self._size += len(data)
+        return self._decode() if self._size >= _DECODE_BATCH else []
+
+    def finish(self) -> list[Record]:
+        out = self._decode(final=True) + self._records(self.cutter.finish())
+        if self.part == 0:  # nothing but whitespace
+            out.append(Record(self.line, skip=EMPTY_DOCUMENT))
+        return out
+
+    def _decode(self, final: bool = False) -> list[Record]:
+        text = self.decoder.decode(b"".join(self._data), final=final)
+        self._data.clear()
+        self._size = 0
+        return self._records(self.cutter.feed(text))
+
+    def _records(self, pieces: list[Piece]) -> list[Record]:
+        out = []
+        for p in pieces:
+            line = self.line + p.newlines
+            if p.text is None:
+                out.append(Record(line, skip=UNSPLITTABLE_RUN, part=self.part))
+            elif self.escaped and _ESCAPED.search(p.text):
+                out.append(Record(line, skip=INVALID_UTF8, part=self.part))
+            else:
+                out.append(_checked(line, p.text, self.part))
+            self.part += 1
+        return out
+
+
+def _cut_text(line: int, text: str, max_chars: int) -> list[Record]:
+    """A held document over the limit (JSONL, parquet) -> its pieces; all start at the record's line."""
+    cutter = PieceCutter(max_chars)
+    pieces = cutter.feed(text) + cutter.finish()
+    if not pieces:
+        return [Record(line, skip=EMPTY_DOCUMENT)]
+    return [Record(line, skip=UNSPLITTABLE_RUN, part=i) if p.text is None else _checked(line, p.text, i)
+            for i, p in enumerate(pieces)]
 
 
 def read_text(stream: BinaryIO, path: str, fmt: FormatConfig, max_chars: int, utf8: str) -> Iterator[Record]:
     cap = _byte_cap(max_chars)
-    lines = _capped_lines(stream, cap, path)
+    lines = _lines(stream, cap, path)
     if fmt.text_documents == "line":
-        for lineno, (raw, too_long) in enumerate(lines, 1):
-            if too_long:
-                yield Record(lineno, skip=DOCUMENT_TOO_LONG)
+        for lineno, raw in enumerate(lines, 1):
+            if type(raw) is bytes:
+                if raw.strip():  # blank lines are not documents in line mode
+                    rec = _text_record(lineno, raw, max_chars, utf8)
+                    yield from _LongText.of(lineno, raw, max_chars, utf8) if rec is None else (rec,)
                 continue
-            if not raw.strip():
-                continue  # blank lines are not documents in line mode
-            yield _text_record(lineno, [raw], max_chars, utf8)
+            long = _LongText(lineno, max_chars, utf8)
+            for fragment in raw:
+                yield from long.feed(fragment)
+            yield from long.finish()
         return
-    parts: list[bytes] = []
+    parts: list[bytes] = []     # the lines of the document being read, while it may be held
     size = 0
     start = 0
-    too_long = False
-    lineno = 0
-    for lineno, (raw, line_too_long) in enumerate(lines, 1):
-        if not line_too_long and not raw.strip():
-            if parts or too_long:
-                yield Record(start, skip=DOCUMENT_TOO_LONG) if too_long else _text_record(start, parts, max_chars, utf8)
-            parts, size, too_long = [], 0, False
-            continue
-        if not parts and not too_long:
-            start = lineno
-        if too_long:
-            continue
-        size += len(raw) + 1
-        if line_too_long or size > cap:
-            too_long, parts = True, []
-            continue
-        parts.append(raw)
-    if parts or too_long:
-        yield Record(start, skip=DOCUMENT_TOO_LONG) if too_long else _text_record(start, parts, max_chars, utf8)
+    long: Optional[_LongText] = None  # set once the document is too big to hold
+    for lineno, raw in enumerate(lines, 1):
+        if type(raw) is bytes:
+            if not raw.strip():  # a blank line ends the document
+                if parts:
+                    data = b"\n".join(parts)
+                    rec = _text_record(start, data, max_chars, utf8)
+                    yield from _LongText.of(start, data, max_chars, utf8) if rec is None else (rec,)
+                elif long is not None:
+                    yield from long.finish()
+                parts, size, long = [], 0, None
+                continue
+            if long is not None:
+                yield from long.feed(b"\n")
+                yield from long.feed(raw)
+                continue
+            if not parts:
+                start = lineno
+            size += len(raw) + 1
+            if size <= cap:
+                parts.append(raw)
+                continue
+            fragments: Iterable[bytes] = (raw,)
+        else:
+            if long is not None:
+                yield from long.feed(b"\n")
+            elif not parts:
+                start = lineno
+            fragments = raw
+        if long is None:  # too big to hold: stream it from here on
+            long = _LongText(start, max_chars, utf8)
+            if parts:
+                yield from long.feed(b"\n".join(parts) + b"\n")
+            parts, size = [], 0
+        for fragment in fragments:
+            yield from long.feed(fragment)
+    if parts:
+        data = b"\n".join(parts)
+        rec = _text_record(start, data, max_chars, utf8)
+        yield from _LongText.of(start, data, max_chars, utf8) if rec is None else (rec,)
+    elif long is not None:
+        yield from long.finish()
 
 
-def _text_record(lineno: int, parts: list[bytes], max_chars: int, utf8: str) -> Record:
-    text = _decode(b"\n".join(parts), utf8)
-    if text is None:
-        return Record(lineno, skip=INVALID_UTF8)
-    return _checked(lineno, text, max_chars)
+def _text_record(lineno: int, data: bytes, max_chars: int, utf8: str) -> Optional[Record]:
+    """One held text-file document as a Record; None when it is over the limit (`_LongText.of` cuts it)."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        if utf8 == "replace":
+            text = data.decode("utf-8", errors="replace")
+        elif len(data) <= max_chars:  # surely not over the limit: skipped whole
+            return Record(lineno, skip=INVALID_UTF8)
+        else:
+            return None  # maybe over the limit: cut first, then skip only the pieces with bad bytes
+    return _checked(lineno, text) if len(text) <= max_chars else None
 
 
-def _checked(lineno: int, text: str, max_chars: int) -> Record:
-    if len(text) > max_chars:
-        return Record(lineno, skip=DOCUMENT_TOO_LONG)
+def _checked(lineno: int, text: str, part: int = 0) -> Record:
     if not text or text.isspace():  # == not text.strip(), without copying the text
-        return Record(lineno, skip=EMPTY_DOCUMENT)
-    return Record(lineno, text=text)
+        return Record(lineno, skip=EMPTY_DOCUMENT, part=part)
+    return Record(lineno, text=text, part=part)
 
 
-def read_jsonl(stream: BinaryIO, path: str, fmt: FormatConfig, max_chars: int, utf8: str) -> Iterator[Record]:
-    # JSON escapes may expand one char to 6 bytes (\uXXXX); allow for that before calling it too long.
-    cap = 6 * max_chars + 1024
-    for lineno, (raw, too_long) in enumerate(_capped_lines(stream, cap, path), 1):
-        if too_long:
-            yield Record(lineno, skip=DOCUMENT_TOO_LONG)
+def read_jsonl(stream: BinaryIO, path: str, fmt: FormatConfig, max_chars: int, utf8: str,
+               max_line_bytes: int) -> Iterator[Record]:
+    for lineno, raw in enumerate(_lines(stream, max_line_bytes, path), 1):
+        if type(raw) is not bytes:  # JSON is parsed whole: a line over the cap is drained, not held
+            for _ in raw:
+                pass
+            yield Record(lineno, skip=LINE_TOO_LONG)
             continue
         if not raw.strip():
             continue
@@ -243,8 +368,10 @@ def read_jsonl(stream: BinaryIO, path: str, fmt: FormatConfig, max_chars: int, u
         text = obj[fmt.text_field]
         if not isinstance(text, str):
             yield Record(lineno, skip=FIELD_NOT_STRING)
-            continue
-        yield _checked(lineno, text, max_chars)
+        elif len(text) > max_chars:
+            yield from _cut_text(lineno, text, max_chars)
+        else:
+            yield _checked(lineno, text)
 
 
 def read_parquet(file: InputFile, fmt: FormatConfig, max_chars: int, on_bytes: Callable[[int], None]) -> Iterator[Record]:
@@ -269,22 +396,26 @@ def read_parquet(file: InputFile, fmt: FormatConfig, max_chars: int, on_bytes: C
                 yield Record(row, skip=MISSING_FIELD)
             elif not isinstance(value, str):
                 yield Record(row, skip=FIELD_NOT_STRING)
+            elif len(value) > max_chars:
+                yield from _cut_text(row, value, max_chars)
             else:
-                yield _checked(row, value, max_chars)
+                yield _checked(row, value)
         done = file.size * row // total_rows
         on_bytes(done - reported)
         reported = done
 
 
-def read_records(file: InputFile, fmt: FormatConfig, max_chars: int, utf8: str,
+def read_records(file: InputFile, fmt: FormatConfig, max_chars: int, utf8: str, max_line_bytes: int,
                  on_bytes: Callable[[int], None] = lambda n: None) -> Iterator[Record]:
-    """All records of one file, in order."""
+    """All records of one file, in order; a document over `max_chars` as its pieces (part 0, 1, ...)."""
     if file.type == "parquet":
         yield from read_parquet(file, fmt, max_chars, on_bytes)
         return
     stream = open_binary(file, on_bytes)
     try:
-        reader = read_text if file.type == "text" else read_jsonl
-        yield from reader(stream, file.path, fmt, max_chars, utf8)
+        if file.type == "text":
+            yield from read_text(stream, file.path, fmt, max_chars, utf8)
+        else:
+            yield from read_jsonl(stream, file.path, fmt, max_chars, utf8, max_line_bytes)
     finally:
         stream.close()

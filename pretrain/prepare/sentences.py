@@ -7,12 +7,13 @@ be good enough for SOP/NSP pairs, so the rules cover the common traps:
   - decimals and versions ("3.14", "v1.2.3") - no space after the dot, so never a candidate,
   - ellipses ("wait... then") - only a boundary when the next word starts a sentence,
   - closing quotes/brackets after the terminator stay with the sentence ('He said "no." Then').
-Blank-line-separated paragraphs inside a document (and line breaks in line-oriented text such as
-lists) are hard boundaries.
+Blank-line-separated paragraphs inside a document are hard boundaries; a single line break is not
+(wrapped prose keeps its sentences; for line-oriented text use `format.text_documents=line`).
 """
 from __future__ import annotations
 
 import re
+from typing import Iterator
 
 ABBREVIATIONS = frozenset(
     """
@@ -58,6 +59,37 @@ def _split_paragraph(text: str, out: list[str]) -> None:
     piece = text[start:].strip()
     if piece:
         append(piece)
+
+
+def sentence_ends(text: str, start: int = 0) -> Iterator[int]:
+    """Positions p >= start (ascending) where `split_sentences` ends a sentence: text[:p] ends one, text[p:] starts the next.
+
+    The same rules in the same order as `split_sentences` (paragraph breaks, then terminator
+    candidates inside each paragraph), so a text cut at any p splits into exactly the sentences of
+    the whole: ``split_sentences(t[:p]) + split_sentences(t[p:]) == split_sentences(t)``. Used to cut
+    over-long documents into pieces at the boundaries training sees (`pieces.py`); the hot path
+    (`split_sentences`) keeps its own loop.
+
+    `start` must be 0 or a non-whitespace character after whitespace: no candidate match (a
+    terminator, closers, whitespace) or paragraph break can contain such a position, so a scan from
+    there finds exactly the ends >= start of a scan from 0.
+    """
+    for m in _PARAGRAPH.finditer(text, start):
+        yield from _ends_in(text, start, m.start())
+        yield m.start()
+        start = m.end()
+    yield from _ends_in(text, start, len(text))
+
+
+def _ends_in(text: str, start: int, stop: int) -> Iterator[int]:
+    # finditer's endpos hides what follows the paragraph, as slicing it out would; the look-behinds
+    # and `_is_boundary_after_dot` only look back to the terminator's own word (a paragraph starts
+    # after a newline), so no offset shifts are needed.
+    for m in _CANDIDATE.finditer(text, start, stop):
+        dot = m.start(1)
+        if text[dot] == "." and dot + 1 == m.end(1) and not _is_boundary_after_dot(text, dot):
+            continue
+        yield m.end(2)
 
 
 def _is_boundary_after_dot(text: str, dot: int, _search=_WORD_BEFORE.search, _abbrev=ABBREVIATIONS) -> bool:

@@ -1,13 +1,16 @@
 """`<run_dir>/metrics.jsonl`: the always-on record that `pretrain-compare` and resume rely on.
 
 One JSON object per log call: {"step": int, "time": unix seconds, **metrics}. Lines are flushed
-as written so a crash loses at most the line being written. Non-finite floats are written as
-NaN/Infinity (Python's json reads them back; a diverged loss must stay visible).
+as written so a crash loses at most the line being written. Every line is strict JSON: a
+non-finite value is written as null and named in the line's "nonfinite" object with what it was,
+e.g. {"step": 7, "train/loss": null, "nonfinite": {"train/loss": "nan"}}, so a diverged loss stays
+visible and any JSON reader (jq, pandas, JavaScript) still parses the file.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from pathlib import Path
@@ -30,6 +33,22 @@ def to_jsonable(value: Any) -> Any:
         except (ValueError, RuntimeError):
             pass
     return str(value)
+
+
+NONFINITE_KEY = "nonfinite"   # {"metric": "nan" | "inf" | "-inf"} for every value written as null
+
+
+def split_nonfinite(values: dict) -> tuple[dict, dict[str, str]]:
+    """(values with NaN/inf replaced by None, {key: "nan" | "inf" | "-inf"}): the one rule every
+    backend follows (JSONL writes null plus the flag; TensorBoard and wandb log the flag)."""
+    clean, flags = {}, {}
+    for key, value in values.items():
+        value = to_jsonable(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            flags[key] = "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
+            value = None
+        clean[key] = value
+    return clean, flags
 
 
 def truncate_after(path: Path, step: int) -> tuple[int, int]:
@@ -111,10 +130,11 @@ class JSONLTracker(GeneralTracker):
 
     def log(self, values: dict, step: Optional[int] = None, **kwargs):
         record = {"step": int(step) if step is not None else None, "time": round(time.time(), 3)}
-        for k, v in values.items():
-            if k not in record:  # "step"/"time" are ours; a metric cannot overwrite them
-                record[k] = to_jsonable(v)
-        self._fh.write(json.dumps(record) + "\n")
+        clean, flags = split_nonfinite({k: v for k, v in values.items() if k not in (*record, NONFINITE_KEY)})
+        record.update(clean)  # "step"/"time"/"nonfinite" are ours; a metric cannot overwrite them
+        if flags:
+            record[NONFINITE_KEY] = flags
+        self._fh.write(json.dumps(record, allow_nan=False) + "\n")
 
     def finish(self):
         if self._fh is not None and not self._fh.closed:

@@ -2,6 +2,8 @@
 
 Memory is O(metrics x max_points) whatever the run length: each curve keeps every k-th point and
 doubles k when it fills up. Last value and best eval accuracy are tracked exactly on the side.
+Non-finite values (null plus the line's "nonfinite" flag, or a bare NaN from older files) are
+counted and kept as the last value, but left out of the curves (a gap, not a wrecked axis).
 """
 from __future__ import annotations
 
@@ -13,17 +15,23 @@ from pathlib import Path
 from typing import Optional
 
 from .config import METRICS_FILE as FILENAME
+from .jsonl import NONFINITE_KEY
 
 # What the trainer logs; `pretrain-compare` plots the loss/accuracy ones by default.
 KNOWN_METRICS = [
     "train/loss", "train/mlm_loss", "train/sop_loss", "train/sentence_loss", "train/mlm_acc", "train/sop_acc",
     "train/lr", "train/grad_norm", "train/loss_scale", "train/tokens_per_s", "train/samples_per_s", "train/mfu",
-    "train/data_wait", "train/peak_mem_gb", "eval/loss", "eval/mlm_loss", "eval/sop_loss", "eval/mlm_acc",
+    "train/data_wait", "train/peak_mem_gb", "train/loss_ratio", "train/loss_spikes", "train/nonfinite_steps",
+    "train/skipped_updates", "train/rewinds", "train/discarded_batches", "eval/loss", "eval/mlm_loss", "eval/sop_loss", "eval/mlm_acc",
     "eval/sop_acc",
+    # pretrain-finetune (task metrics; summary.json names the run's main one)
+    "train/epoch", "eval/accuracy", "eval/f1", "eval/matthews", "eval/pearson", "eval/spearman", "eval/mse",
 ]
 PLOT_DEFAULT = [m for m in KNOWN_METRICS if m.rsplit("/", 1)[-1] in
-                ("loss", "mlm_loss", "sop_loss", "sentence_loss", "mlm_acc", "sop_acc")]
-BEST_METRIC = "eval/mlm_acc"
+                ("loss", "mlm_loss", "sop_loss", "sentence_loss", "mlm_acc", "sop_acc",
+                 "accuracy", "f1", "matthews", "pearson", "spearman")]
+BEST_METRIC = "eval/mlm_acc"       # pretraining runs; a fine-tuning run's summary.json says its own
+SUMMARY_FILE = "summary.json"
 
 
 class MetricsError(Exception):
@@ -54,10 +62,13 @@ class RunCurves:
     path: Path
     curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
     last: dict[str, tuple[int, float]] = field(default_factory=dict)
-    best: Optional[tuple[int, float]] = None      # (step, value) of max eval/mlm_acc
+    best: Optional[tuple[int, float]] = None      # (step, value) of max best_metric
+    best_metric: str = BEST_METRIC
+    summary: dict = field(default_factory=dict)   # summary.json (fine-tuning: method, trainable params, ...)
     last_step: Optional[int] = None
     lines: int = 0
     skipped_torn_tail: bool = False
+    nonfinite: dict[str, int] = field(default_factory=dict)   # metric -> how many values were NaN/inf
 
 
 def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> RunCurves:
@@ -75,6 +86,8 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
     if not path.is_file():
         raise MetricsError(f"{path}: no metrics file (was the run started with this code?)")
     run = RunCurves(name=run_dir.resolve().name, path=path)
+    run.summary = _summary(run_dir / SUMMARY_FILE)
+    run.best_metric = str(run.summary.get("primary_metric") or BEST_METRIC)
     samplers: dict[str, Downsampler] = {}
     windows: dict[str, deque] = {}
     with open(path, "rb") as f:
@@ -98,12 +111,18 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
                 raise MetricsError(f"{path}:{lineno}: malformed line ({why})") from None
             run.lines += 1
             run.last_step = step
+            flags = rec.get(NONFINITE_KEY) if isinstance(rec.get(NONFINITE_KEY), dict) else {}
             for key, value in rec.items():
+                if value is None and flags.get(key) in ("nan", "inf", "-inf"):
+                    value = float(flags[key])
                 if key in ("step", "time") or isinstance(value, bool) or not isinstance(value, (int, float)):
                     continue
                 value = float(value)
                 run.last[key] = (step, value)
-                if key == BEST_METRIC and math.isfinite(value) and (run.best is None or value > run.best[1]):
+                if not math.isfinite(value):
+                    run.nonfinite[key] = run.nonfinite.get(key, 0) + 1
+                    continue
+                if key == run.best_metric and (run.best is None or value > run.best[1]):
                     run.best = (step, value)
                 if smooth > 1 and not key.startswith("eval/"):  # eval points are sparse averages already
                     win = windows.setdefault(key, deque(maxlen=smooth))
@@ -114,3 +133,12 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
         raise MetricsError(f"{path}: no metrics logged yet")
     run.curves = {k: s.points for k, s in samplers.items()}
     return run
+
+
+def _summary(path: Path) -> dict:
+    """summary.json if present and readable (it is optional: runs still training have none)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}

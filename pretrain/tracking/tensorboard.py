@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from accelerate.tracking import GeneralTracker
 
-from .jsonl import to_jsonable
+from .jsonl import split_nonfinite
 
 SUBDIR = "tensorboard"
 
@@ -76,8 +76,12 @@ class TBTracker(GeneralTracker):
         self.writer.flush()
 
     def log(self, values: dict, step: Optional[int] = None, **kwargs):
-        for key, value in values.items():
-            value = to_jsonable(value)
+        """A non-finite value is not drawn (it would wreck the chart's axis); the step is marked
+        in `nonfinite/<key>` = 1 instead (JSONL writes null plus a flag: the same rule)."""
+        clean, flags = split_nonfinite(values)
+        for key in flags:
+            self.writer.add_scalar(f"nonfinite/{key}", 1.0, global_step=step)
+        for key, value in clean.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, global_step=step)
             elif isinstance(value, str):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import TrackerConfig
-from .jsonl import JSONLTracker, to_jsonable
+from .jsonl import NONFINITE_KEY, JSONLTracker, split_nonfinite
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +61,12 @@ class Tracker:
         """Final/best numbers: merged into <run_dir>/summary.json and the wandb run summary."""
         path = self.run_dir / "summary.json"
         current = json.loads(path.read_text()) if path.exists() else {}
-        current.update({k: to_jsonable(v) for k, v in values.items()})
+        clean, flags = split_nonfinite(values)
+        current.update(clean)
+        if flags:
+            current[NONFINITE_KEY] = {**current.get(NONFINITE_KEY, {}), **flags}
         tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(current, indent=2, sort_keys=True) + "\n")
+        tmp.write_text(json.dumps(current, indent=2, sort_keys=True, allow_nan=False) + "\n")
         os.replace(tmp, path)
         for backend in self.backends:
             if hasattr(backend, "summary"):

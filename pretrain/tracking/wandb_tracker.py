@@ -17,7 +17,7 @@ from typing import Optional
 
 from accelerate.tracking import GeneralTracker
 
-from .jsonl import to_jsonable
+from .jsonl import split_nonfinite
 
 
 def new_run_id(length: int = 8) -> str:
@@ -87,11 +87,20 @@ class WandbTracker(GeneralTracker):
         self.run.config.update(values, allow_val_change=True)
 
     def log(self, values: dict, step: Optional[int] = None, **kwargs):
-        self.run.log({k: to_jsonable(v) for k, v in values.items()}, step=step)
+        """Non-finite values are left out and the step is marked in `nonfinite/<key>` = 1, as in
+        TensorBoard (JSONL writes null plus a flag: the same rule)."""
+        clean, flags = split_nonfinite(values)
+        row = {k: v for k, v in clean.items() if v is not None}
+        row.update({f"nonfinite/{k}": 1.0 for k in flags})
+        self.run.log(row, step=step)
 
     def summary(self, values: dict):
-        for k, v in values.items():
-            self.run.summary[k] = to_jsonable(v)
+        clean, flags = split_nonfinite(values)
+        for k, v in clean.items():
+            if v is not None:
+                self.run.summary[k] = v
+        for k in flags:
+            self.run.summary[f"nonfinite/{k}"] = 1.0
 
     def finish(self):
         if self.run is not None:

@@ -19,6 +19,7 @@ from parallel.topology import BACKENDS
 from pretrain.data.config import DataConfig, ObjectiveConfig
 from pretrain.model.config import ModelConfig
 from pretrain.tracking.config import TrackerConfig
+from pretrain.train.nonfinite import NONFINITE_POLICIES, SPIKE_ACTIONS
 
 
 class ConfigError(ValueError):
@@ -32,6 +33,14 @@ class RunConfig:
     fresh: bool = False
     dry_run: bool = False
     seed: int = 1234
+
+
+@dataclass
+class LossSpikeConfig:
+    factor: float = 3.0                  # a spike: loss > factor x the median of the recent losses
+    window: int = 50                     # how many recent finite losses the median is taken over
+    warmup: int = 100                    # no spike is flagged during the first `warmup` steps
+    action: str = "log"                  # log | rewind
 
 
 @dataclass
@@ -49,6 +58,10 @@ class TrainerConfig:
     peak_flops: Optional[float] = None
     export_on_finish: bool = True
     record_samples: bool = False         # debug/audit: log (step, epoch, doc id, example) per rank
+    on_nonfinite: str = "stop"           # stop | skip | rewind (pretrain/train/nonfinite.py)
+    max_skips: int = 3                   # skip: non-finite steps in a row before the run stops
+    max_rewinds: int = 3                 # rewind: rewinds per run before the run stops
+    loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)
 
 
 @dataclass
@@ -98,13 +111,16 @@ _CHOICES = {
     "optim.impl": ("torch", "deepspeed"),
     "schedule.name": ("linear", "cosine", "constant", "wsd"),
     "cluster.kind": ("local", "slurm"),
+    "trainer.on_nonfinite": NONFINITE_POLICIES,
+    "trainer.loss_spike.action": SPIKE_ACTIONS,
     "parallel.backend": (None, *BACKENDS),
 }
 _POSITIVE = (
     "model.hidden_size", "model.num_layers", "model.num_heads", "model.intermediate_size",
     "model.max_position_embeddings", "data.max_seq_len", "data.micro_batch_size",
     "trainer.grad_accum", "trainer.log_every", "trainer.keep_checkpoints", "cluster.nproc",
-    "cluster.nnodes", "parallel.pipeline_stages", "optim.lr",
+    "cluster.nnodes", "parallel.pipeline_stages", "optim.lr", "trainer.loss_spike.factor",
+    "trainer.loss_spike.window",
 )
 _PROBABILITIES = (
     "objective.mlm_probability", "objective.mask_token_prob", "objective.random_token_prob",
@@ -145,7 +161,8 @@ def validate(raw: DictConfig | dict) -> DictConfig:
     for key in ("trainer.checkpoint_every",):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"config key {key!r} = {_get(cfg, key)!r}; must be > 0")
-    for key in ("trainer.eval_every", "schedule.warmup_steps", "parallel.reduce_bucket_size"):
+    for key in ("trainer.eval_every", "schedule.warmup_steps", "parallel.reduce_bucket_size",
+                "trainer.max_skips", "trainer.max_rewinds", "trainer.loss_spike.warmup"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} = {_get(cfg, key)!r}; must be >= 0")
     for key in _PROBABILITIES:
@@ -204,8 +221,13 @@ def _check_relations(cfg: DictConfig) -> None:
         TrackerConfig.from_any(cfg.tracker)
     except ValueError as e:
         raise ConfigError(f"config key {e}") from None
-    if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", cfg.run.name) or ".." in cfg.run.name:
-        raise ConfigError(f"config key 'run.name' = {cfg.run.name!r}; use letters, digits and ._-=,+/ only")
+    check_run_name(cfg.run.name)
+
+
+def check_run_name(name: str) -> None:
+    """run.name becomes a directory under run.root (pretraining and fine-tuning alike)."""
+    if not re.fullmatch(r"[A-Za-z0-9._\-/=,+]+", name) or ".." in name:
+        raise ConfigError(f"config key 'run.name' = {name!r}; use letters, digits and ._-=,+/ only")
 
 
 def parse_duration(value: Union[str, int, float]) -> float:

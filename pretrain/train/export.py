@@ -27,6 +27,9 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
     mcfg.gradient_checkpointing = False
     model = build_model(mcfg)
     state = consolidate_fp32(checkpoint)
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:  # never written by this trainer (saves check first); an older or foreign checkpoint
+        raise ResumeError(f"{checkpoint}: weights are not finite ({len(bad)} tensors, e.g. {bad[0]}); not exporting")
     missing, unexpected = model.load_state_dict(state, strict=False)
     tied = {name for name in missing if _is_tied(model, name)}
     if set(missing) - tied or unexpected:

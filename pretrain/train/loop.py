@@ -1,7 +1,8 @@
 """The training loop: data -> engine.train_step -> metrics, eval, checkpoints, until a budget ends.
 
 Everything distributed sits behind `parallel` (engine, collectives); everything that must
-survive a restart is in `TrainState` plus the engine's checkpoint (CheckpointManager).
+survive a restart is in `TrainState` plus the engine's checkpoint (CheckpointManager). What a
+non-finite step or a loss spike does is the Watchdog's business (pretrain/train/nonfinite.py).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pretrain.data import merge_cursors
 from pretrain.train.budget import Budget
 from pretrain.train.build import build_everything
 from pretrain.train.evaluate import evaluate
+from pretrain.train.nonfinite import NonFiniteError, NonFiniteState, Watchdog
 from pretrain.train.preemption import PreemptionFlag
 from pretrain.train.progress import Progress
 from pretrain.train.state import TrainState
@@ -33,6 +35,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     batches = iter(loader)
     # Stages of one pipeline replica train on the same examples: the first stage records them.
     recorder = SampleRecorder(run_dir, topo.rank) if cfg.trainer.record_samples and topo.pp_rank == 0 else None
+    watchdog = Watchdog.from_config(cfg, state, parts.checkpoints, log)
     ga = cfg.trainer.grad_accum
     stop_reason = budget.exhausted(state.step, state.consumed_tokens)
     while stop_reason is None:
@@ -46,25 +49,29 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         # take the same branch below (a lone rank checkpointing would hang the others). Only the
         # first pipeline stage counts data: the other stages of a replica see the same batches.
         counts_data = topo.pp_rank == 0
-        tokens, samples, preempted, out_of_time = (int(v) for v in reduce_sum([
+        tokens, samples, preempted, out_of_time, nonfinite = (int(v) for v in reduce_sum([
             sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
             sum(len(b["input_ids"]) for b in micro) if counts_data else 0,
-            float(preempt.local), float(budget.out_of_time())]))
+            float(preempt.local), float(budget.out_of_time()), metrics.get("nonfinite", 0.0)]))
         state.step += 1
         state.consumed_tokens += tokens
         state.consumed_samples += samples
         meter.add(tokens, samples, parts.flops_for(micro, metrics), data_seconds)
         progress.update(state.step, metrics.get("loss"))
-        if state.step % cfg.trainer.log_every == 0:
-            tracker.log(_train_metrics(metrics, meter.summary(topo.world_size, peak, topo.device), state), state.step)
+        verdict = watchdog.check(engine, state.step, metrics, nonfinite > 0)  # may rewind the engine
+        if state.step % cfg.trainer.log_every == 0 or verdict.event:
+            speed = meter.summary(topo.world_size, peak, topo.device)
+            tracker.log({**_train_metrics(metrics, speed, state), **watchdog.metrics(verdict)}, state.step)
             meter.reset()
+        if verdict.stop:
+            _stop(verdict.stop, progress, tracker)
         if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
             run_eval(engine, parts, cfg, tracker, state.step, log)
         stop_reason = budget.exhausted(state.step, state.consumed_tokens, out_of_time > 0)
         if preempted:
             stop_reason = "preempted by a signal"
         if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:
-            save_checkpoint(cfg, parts, state)
+            save_checkpoint(cfg, parts, state, watchdog, progress)
     progress.close()
     if recorder is not None:
         recorder.close()
@@ -128,10 +135,26 @@ def _train_metrics(metrics: dict, speed: dict, state: TrainState) -> dict:
     return out
 
 
-def save_checkpoint(cfg, parts, state: TrainState) -> None:
+def save_checkpoint(cfg, parts, state: TrainState, watchdog: Watchdog, progress) -> None:
     # One cursor per data-parallel replica: the first stage of each speaks for its replica.
     cursors = all_gather_object(parts.train_loader.state_dict() if parts.topo.pp_rank == 0 else None)
     state.data_cursor = merge_cursors([c for c in cursors if c is not None])
     state.tracker = parts.tracker.state()
-    parts.checkpoints.save(parts.engine, state.step, {
-        "train_state": state.to_dict(), "config": OmegaConf.to_container(cfg, resolve=True)})
+
+    def client_state() -> dict:
+        return {"train_state": state.to_dict(), "config": OmegaConf.to_container(cfg, resolve=True)}
+
+    try:
+        parts.checkpoints.save(parts.engine, state.step, client_state())
+    except NonFiniteState:  # never written; the policy rewinds (then saves) or stops
+        verdict = watchdog.unsaveable(parts.engine, state.step)
+        if verdict.stop:
+            _stop(verdict.stop, progress, parts.tracker)
+        parts.checkpoints.save(parts.engine, state.step, client_state())
+
+
+def _stop(reason: str, progress, tracker) -> None:
+    """Every rank raises in the same step; the launcher prints the line (logs/error-rank<k>.txt)."""
+    progress.close()
+    tracker.close()
+    raise NonFiniteError(reason)

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 @dataclass
 class TrainState:
-    step: int = 0
+    step: int = 0                   # batches consumed; never goes back (a rewind does not undo it)
     consumed_samples: int = 0
     consumed_tokens: int = 0
     data_cursor: dict = field(default_factory=dict)
@@ -14,6 +14,15 @@ class TrainState:
     config_hash: str = ""
     seed: int = 0
     world_size: int = 1
+    # Non-finite steps and loss spikes (pretrain/train/nonfinite.py); saved so a resumed run
+    # decides exactly as the uninterrupted one would have.
+    skipped_updates: int = 0        # steps whose optimizer update was not applied (fp16 overflow, non-finite)
+    nonfinite_steps: int = 0
+    nonfinite_streak: int = 0       # non-finite steps in a row (trainer.max_skips)
+    loss_spikes: int = 0
+    loss_window: list = field(default_factory=list)   # recent finite losses (the spike detector's median)
+    discarded: list = field(default_factory=list)     # [first, last] step ranges: batches consumed whose updates are not in the model
+    rewinds: list = field(default_factory=list)       # {"at": step, "to": checkpoint step, "why": ...}
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -23,3 +32,18 @@ class TrainState:
         for f in fields(self):
             if f.name in saved and f.name not in ("config_hash", "world_size"):
                 setattr(self, f.name, saved[f.name])
+
+    def discard(self, first: int, last: int) -> None:
+        """Record batches [first, last] as consumed without their updates (merged, never counted twice)."""
+        ranges = sorted([list(r) for r in self.discarded] + [[first, last]])
+        merged: list[list[int]] = []
+        for lo, hi in ranges:
+            if merged and lo <= merged[-1][1] + 1:
+                merged[-1][1] = max(merged[-1][1], hi)
+            else:
+                merged.append([lo, hi])
+        self.discarded = merged
+
+    @property
+    def discarded_batches(self) -> int:
+        return sum(hi - lo + 1 for lo, hi in self.discarded)

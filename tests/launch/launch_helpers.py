@@ -29,9 +29,9 @@ def run_env() -> dict:
     return env
 
 
-def launch(root, data, name, *overrides, timeout=300) -> subprocess.CompletedProcess:
+def launch(root, data, name, *overrides, timeout=300, env=None) -> subprocess.CompletedProcess:
     return subprocess.run(launch_cmd(root, data, name, *overrides), capture_output=True, text=True,
-                          timeout=timeout, env=run_env())
+                          timeout=timeout, env=env or run_env())
 
 
 def start(root, data, name, *overrides) -> subprocess.Popen:

@@ -46,7 +46,7 @@ def model_cfg(arch: str, dropout: float = 0.0, checkpointing: bool = False) -> M
 
 
 def make(stages, arch="bert", zero=0, dtype="fp32", gas=4, dropout=0.0, checkpointing=False, optim="adamw",
-         resume_from=None, partition="parameters"):
+         resume_from=None, partition="parameters", loss=loss_fn):
     """An engine as the trainer builds it (seed, then build_model); resume_from is inspected first."""
     topo = detect(pipeline_stages=stages)
     torch.manual_seed(SEED)
@@ -55,7 +55,7 @@ def make(stages, arch="bert", zero=0, dtype="fp32", gas=4, dropout=0.0, checkpoi
     precision = PrecisionConfig(dtype=dtype)
     resume = (inspect_checkpoint(resume_from, model_signature(model), layout_of(topo, parallel, precision))
               if resume_from else None)
-    engine = build_engine(model, loss_fn, parallel, precision, OptimConfig(name=optim, lr=3e-3, grad_clip=1.0),
+    engine = build_engine(model, loss, parallel, precision, OptimConfig(name=optim, lr=3e-3, grad_clip=1.0),
                           ScheduleConfig(name="linear", warmup_steps=2), total_steps=20, micro_batch_size=MICRO,
                           grad_accum=gas, topo=topo, seed=SEED, resume=resume)
     client = engine.load(resume) if resume else None
@@ -164,6 +164,7 @@ def scenario_two(work):
     res["bf16"] = slim(run(make(2, "bert", zero=1, dtype="bf16", gas=4)[0], 4, 6))
     res["lamb_plain"] = slim(run(make(1, "bert", zero=0, gas=2, optim="lamb")[0], 4, 3))
     res["lamb_pipe"] = slim(run(make(2, "bert", zero=0, gas=4, optim="lamb")[0], 4, 3))
+    res["guard"] = guard(work)
     # Plain references on the 8-micro-batch global batch of the 4-process pipeline runs.
     for arch, zero in (("bert", 1), ("albert", 0)):
         plain, _ = make(1, arch, zero=zero, gas=4)
@@ -171,6 +172,46 @@ def scenario_two(work):
         weights = plain.consolidated_state_dict()
         if plain.topo.rank == 0:
             torch.save(weights, os.path.join(work, f"{arch}_plain8_weights.pt"))
+    return res
+
+
+def guard(work):
+    """The UpdateGuard under a pipeline: the last stage's NaN loss, or NaN gradients with a
+    finite loss, drop the update on every rank; a running engine reloads its checkpoint exactly."""
+    from _worker import _NanGrad
+
+    res = {}
+    for zero, dtype in ((0, "fp32"), (1, "bf16")):
+        poison = {"kind": None}
+
+        def poisoned(out, batch, mlm_normalizer, sentence_normalizer=None):
+            loss, stats = loss_fn(out, batch, mlm_normalizer, sentence_normalizer)
+            if poison["kind"] == "loss":  # runs on the last stage only
+                loss = loss * float("nan")
+            elif poison["kind"] == "grad":
+                loss = _NanGrad.apply(loss)
+            return loss, stats
+
+        engine, _ = make(2, "bert", zero=zero, dtype=dtype, gas=4, loss=poisoned)
+        out = {"clean": slim(run(engine, 4, 2))}
+        path = os.path.join(work, f"guard-z{zero}-{dtype}")
+        engine.save(path, {"step": 2})
+        weights, lr = engine.consolidated_state_dict(), engine.lr
+        for kind in ("loss", "grad"):
+            poison["kind"] = kind
+            micros = global_batch(SEED, 2, 4, MICRO)
+            out[kind] = slim([engine.train_step(micros)])[0]
+            poison["kind"] = None
+            after = engine.consolidated_state_dict()
+            out[f"{kind}_unchanged"] = all(torch.equal(weights[k], after[k]) for k in weights)
+            out[f"{kind}_lr_same"] = engine.lr == lr
+        out["finite"] = engine.state_is_finite()
+        out["global_step"] = engine.global_step
+        out["after"] = slim([engine.train_step(global_batch(SEED, i, 4, MICRO)) for i in (2, 3)])
+        engine.load(inspect_checkpoint(path, engine.signature, engine.layout))  # a running engine goes back
+        out["reloaded_step"] = engine.global_step
+        out["reloaded"] = slim([engine.train_step(global_batch(SEED, i, 4, MICRO)) for i in (2, 3)])
+        res[f"z{zero}-{dtype}"] = out
     return res
 
 

@@ -27,7 +27,7 @@ SEED, MICRO, STEPS = 1234, 4, 6
 
 
 def make_engine(topo, zero=0, dtype="fp32", gas=2, dropout=0.1, hidden=32, resume_from=None,
-                optim="adamw", lr=3e-3):
+                optim="adamw", lr=3e-3, loss_fn=toy_loss):
     """resume_from: a checkpoint dir, inspected for this layout (raises CheckpointError) as the
     trainer's CheckpointManager does; the engine then loads it with `engine.load(engine.resume)`."""
     torch.manual_seed(SEED)
@@ -35,7 +35,7 @@ def make_engine(topo, zero=0, dtype="fp32", gas=2, dropout=0.1, hidden=32, resum
     parallel, precision = ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype)
     resume = (inspect_checkpoint(resume_from, model_signature(model), layout_of(topo, parallel, precision))
               if resume_from else None)
-    engine = build_engine(model, toy_loss, parallel, precision,
+    engine = build_engine(model, loss_fn, parallel, precision,
                           OptimConfig(name=optim, lr=lr, grad_clip=1.0),
                           ScheduleConfig(name="linear", warmup_steps=2),
                           total_steps=20, micro_batch_size=MICRO, grad_accum=gas, topo=topo, seed=SEED,
@@ -151,6 +151,65 @@ def scenario_resume(topo, work):
     return res
 
 
+class _NanGrad(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradient is not finite."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def scenario_guard(topo, work):
+    """Rank 1 alone makes a step non-finite (its loss, or only its gradient); both ranks must see
+    it in the same step, drop the update without a trace, and a live reload must be exact."""
+    res = {}
+    for zero, dtype in ((0, "fp32"), (1, "bf16"), (2, "bf16"), (3, "fp32")):
+        poison = {"kind": None}
+
+        def loss_fn(out, batch, mlm_normalizer, sentence_normalizer=1.0):
+            loss, stats = toy_loss(out, batch, mlm_normalizer, sentence_normalizer)
+            if topo.rank == 1 and poison["kind"] == "loss":
+                loss = loss * float("nan")
+            elif topo.rank == 1 and poison["kind"] == "grad":
+                loss = _NanGrad.apply(loss)
+            return loss, stats
+
+        engine = make_engine(topo, zero=zero, dtype=dtype, gas=2, dropout=0.0, loss_fn=loss_fn)
+
+        def step(index):
+            return engine.train_step(rank_micro_batches(SEED, index, 2, topo.world_size, topo.rank, MICRO))
+
+        out = {"clean": [step(0), step(1)]}
+        path = os.path.join(work, f"guard-z{zero}-{dtype}")
+        engine.save(path, {"step": 2})
+        weights, lr = engine.consolidated_state_dict(), engine.lr
+        for kind in ("loss", "grad"):
+            poison["kind"] = kind
+            out[kind] = step(2)
+            poison["kind"] = None
+            after = engine.consolidated_state_dict()
+            out[f"{kind}_unchanged"] = all(torch.equal(weights[k], after[k]) for k in weights)
+            out[f"{kind}_lr_same"] = engine.lr == lr
+        out["finite"] = engine.state_is_finite()
+        out["global_step"] = engine.global_step
+        out["after"] = [step(2), step(3)]
+        engine.load(inspected(engine, path))  # a running engine goes back to the checkpoint
+        out["reloaded_step"] = engine.global_step
+        out["reloaded"] = [step(2), step(3)]
+        # A non-finite weight on rank 1 only: both ranks refuse to call the state finite.
+        if topo.rank == 1:
+            with torch.no_grad():
+                target = next(iter(engine.guard.inner.state))  # a (master) weight the optimizer holds
+                target.view(-1)[0] = float("nan")
+        out["poisoned_weights_finite"] = engine.state_is_finite()
+        res[f"z{zero}-{dtype}"] = out
+    return res
+
+
 def scenario_single(topo, work):
     """Plain `python _worker.py single DIR`: no launcher variables at all."""
     res = {"topo": [topo.rank, topo.world_size]}
@@ -190,6 +249,12 @@ def scenario_universal(topo, work):
     engine.load(engine.resume)
     res["zero3"] = run(engine, topo, 2, STEPS)
     res["refused"] = expect_error(lambda: make_engine(topo, zero=0, resume_from=path))
+    # That universal-built engine rewinds to a checkpoint it saved itself (plain for its layout).
+    own = os.path.join(work, "z3own")
+    engine.save(own, {"step": engine.global_step})
+    res["own_next"] = run(engine, topo, 2, STEPS + 1)
+    engine.load(inspected(engine, own))
+    res["own_reloaded"] = run(engine, topo, 2, STEPS + 1)
     return res
 
 

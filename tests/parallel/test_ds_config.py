@@ -35,7 +35,7 @@ def test_every_preset_matches_the_schema_exactly(group):
 def test_expected_presets_exist():
     names = {g: {p.stem for p in (CONF / g).glob("*.yaml")} for g in SCHEMAS}
     assert {"single", "ddp", "zero1", "zero2", "zero3", "zero3_offload", "pipeline"} <= names["parallel"]
-    assert names["precision"] == {"fp32", "bf16", "fp16"}
+    assert names["precision"] == {"auto", "fp32", "bf16", "fp16"}
     assert names["optim"] == {"adamw", "lamb"}
     assert names["schedule"] == {"linear", "cosine", "constant", "wsd"}
 

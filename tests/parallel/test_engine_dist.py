@@ -5,6 +5,7 @@ Launches are slow (~15-25 s), so each one checks several things; see _worker.py 
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -100,6 +101,8 @@ def test_one_rank_resumes_a_two_rank_checkpoint_via_universal(saved):
     assert losses(r["zero1_bf16"]) == pytest.approx(losses(before["z2src"][3:]), rel=1e-2)
     assert losses(r["zero3"]) == pytest.approx(losses(before["z3src"][3:]), rel=1e-5)
     assert "cannot resume a ZeRO-3 fp32 checkpoint of 2 processes" in r["refused"]
+    # The universal-built engine reloads a checkpoint it saved itself (the trainer's rewind).
+    assert losses(r["own_reloaded"]) == pytest.approx(losses(r["own_next"]), rel=1e-6)
 
 
 def test_consolidate_fp32_offline(saved):
@@ -118,3 +121,23 @@ def test_single_process_without_launcher_resume_and_zero3_offload(tmp_path):
     assert r["topo"] == [0, 1] and r["client"]["step"] == 2 and r["consolidated_equal"]
     assert losses(r["resumed"]) == losses(r["base"])[2:]
     assert losses(r["offload"]) == pytest.approx(losses(r["base"]), rel=1e-5)
+
+
+def test_one_rank_non_finite_step_is_dropped_on_every_rank_and_a_live_reload_is_exact(tmp_path):
+    """The guard at world size 2 for ZeRO-0 fp32, ZeRO-1/2 bf16 (where DeepSpeed itself would
+    apply a NaN update) and ZeRO-3: rank 1's NaN loss, or NaN gradient with a finite loss."""
+    r = launch("guard", tmp_path)
+    for layout, out in r.items():
+        for kind in ("loss", "grad"):
+            m = out[kind]
+            assert m["nonfinite"] == 1.0 and m["skipped"] == 1.0, (layout, kind, m)
+            assert out[f"{kind}_unchanged"] and out[f"{kind}_lr_same"], (layout, kind)
+        assert math.isnan(out["loss"]["loss"]), layout  # rank 1's NaN, reported on rank 0
+        assert math.isfinite(out["grad"]["loss"]) and not math.isfinite(out["grad"]["grad_norm"]), layout
+        assert out["finite"] and out["global_step"] == 4, layout  # DeepSpeed counts the dropped steps
+        assert all(m["nonfinite"] == 0.0 and m["skipped"] == 0.0 for m in out["after"]), layout
+        # Dropped updates left no trace: the reloaded checkpoint (step 2) continues exactly alike.
+        assert out["reloaded_step"] == 2, layout
+        assert losses(out["reloaded"]) == losses(out["after"]), layout
+        assert [m["grad_norm"] for m in out["reloaded"]] == [m["grad_norm"] for m in out["after"]], layout
+        assert out["poisoned_weights_finite"] is False, layout

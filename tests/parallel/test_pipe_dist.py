@@ -82,6 +82,23 @@ def test_bf16_trains_and_lamb_matches_the_plain_engine(runs):
     assert_same_steps(r["lamb_pipe"], r["lamb_plain"])
 
 
+def test_a_non_finite_step_is_dropped_on_every_stage_and_a_live_reload_continues(runs):
+    _, r, _ = runs
+    for layout, out in r["guard"].items():
+        for kind in ("loss", "grad"):
+            m = out[kind]
+            assert m["nonfinite"] == 1.0 and m["skipped"] == 1.0, (layout, kind, m)
+            assert out[f"{kind}_unchanged"] and out[f"{kind}_lr_same"], (layout, kind)
+        assert math.isnan(out["loss"]["loss"]), layout  # the last stage's NaN, reported on rank 0
+        assert math.isfinite(out["grad"]["loss"]) and not math.isfinite(out["grad"]["grad_norm"]), layout
+        assert out["finite"] and out["global_step"] == 4, layout
+        assert all(m["nonfinite"] == 0.0 and m["skipped"] == 0.0 for m in out["after"] + out["clean"]), layout
+        # Dropped updates left no trace: the step-2 checkpoint reloaded in place continues alike.
+        assert out["reloaded_step"] == 2, layout
+        assert [m["loss"] for m in out["reloaded"]] == [m["loss"] for m in out["after"]], layout
+        assert [m["grad_norm"] for m in out["reloaded"]] == [m["grad_norm"] for m in out["after"]], layout
+
+
 def test_two_stages_by_two_replicas_match_the_plain_engine(runs):
     _, two, four = runs
     for arch in ("bert", "albert"):

@@ -33,9 +33,11 @@ CASES = {
     "invalid_json": ("a.jsonl", (json.dumps({"text": GOOD}) + "\n{not json\n").encode(), "invalid_json", {}),
     "missing_field": ("a.jsonl", (json.dumps({"text": GOOD}) + "\n" + json.dumps({"body": GOOD}) + "\n").encode(), "missing_field", {}),
     "field_not_string": ("a.jsonl", (json.dumps({"text": GOOD}) + "\n" + json.dumps({"text": 42}) + "\n").encode(), "field_not_string", {}),
-    "too_long_line": ("a.txt", (GOOD + "\n\n" + "x" * 3_000_000 + "\n\n" + GOOD + "\n").encode(), "document_too_long", {"max_document_chars": 1000}),
-    "too_long_paragraph": ("a.txt", (GOOD + "\n\n" + (GOOD + "\n") * 200 + "\n" + GOOD).encode(), "document_too_long", {"max_document_chars": 5000}),
-    "too_long_jsonl": ("a.jsonl", (json.dumps({"text": GOOD}) + "\n" + json.dumps({"text": "y" * 100_000}) + "\n").encode(), "document_too_long", {"max_document_chars": 1000}),
+    # A document over max_document_chars is cut into pieces (test_long_documents.py); only a run without
+    # whitespace longer than that cannot be cut. Here the whole document is one such run.
+    "unsplittable_line": ("a.txt", (GOOD + "\n\n" + "x" * 3_000_000 + "\n\n" + GOOD + "\n").encode(), "unsplittable_run", {"max_document_chars": 1000}),
+    "unsplittable_jsonl": ("a.jsonl", (json.dumps({"text": GOOD}) + "\n" + json.dumps({"text": "y" * 100_000}) + "\n").encode(), "unsplittable_run", {"max_document_chars": 1000}),
+    "line_too_long_jsonl": ("a.jsonl", (json.dumps({"text": GOOD}) + "\n" + json.dumps({"text": GOOD * 40}) + "\n").encode(), "line_too_long", {"max_jsonl_line_bytes": 1000}),
 }
 
 

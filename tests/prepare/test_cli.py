@@ -64,7 +64,8 @@ def test_cli_run_leaves_no_hydra_litter_and_refuses_other_config(tiny, prepared_
     r = _cli(["input=a.txt", "output=out", f"tokenizer.path={tok}", "progress=false", "num_workers=1",
               "validation_fraction=0"], tiny)
     assert r.returncode == 0, r.stderr
-    assert "records 2 = documents 2 + skipped 0" in r.stderr
+    assert "records 2 = documents 2 + skipped 0 (none)\n" in r.stderr
+    assert "split documents 0 (over max_document_chars=1,000,000)\n" in r.stderr
     assert set(os.listdir(tiny)) - before == {"out"}
     assert sorted(os.listdir(tiny / "out")) == ["manifest.json", "tokenizer.json", "train", "valid"]
     manifest = json.loads((tiny / "out" / "manifest.json").read_text())

@@ -74,3 +74,23 @@ def test_torn_last_line_is_skipped_with_warning(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "unterminated last line" in captured.err
     assert any(line.startswith("last step") and line.split()[-1] == "60" for line in captured.out.splitlines())
+
+
+def test_null_values_from_a_diverged_run_are_read_counted_and_not_plotted(tmp_path, capsys):
+    from pretrain.tracking.reader import read_run
+
+    run = tmp_path / "diverged"
+    t = build_tracker({"backends": ["jsonl"]}, run, run.name, None)
+    for s in range(1, 11):
+        t.log({"train/loss": 10.0 / s if s < 8 else float("nan"), "train/lr": 1e-4}, s)
+    t.close()
+    with open(run / "metrics.jsonl", "a") as f:  # what older runs wrote: bare NaN
+        f.write('{"step": 11, "train/loss": NaN}\n')
+    curves = read_run(run)
+    assert [s for s, _ in curves.curves["train/loss"]] == list(range(1, 8))
+    assert curves.nonfinite == {"train/loss": 4} and curves.last_step == 11
+    assert main([str(run), "--out", str(tmp_path / "d.png")]) == 0
+    captured = capsys.readouterr()
+    assert "non-finite values, left out of the plots: train/loss x4" in captured.err
+    row = {line.split()[0]: line.split()[1:] for line in captured.out.splitlines() if line.strip()}
+    assert row["train/loss"] == ["nan"]

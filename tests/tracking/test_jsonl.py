@@ -1,6 +1,5 @@
 """JSONL tracker: content, resume truncation (streamed), fresh-start hygiene, rank gating, config."""
 import json
-import math
 
 import pytest
 import torch
@@ -11,15 +10,21 @@ from pretrain.tracking.jsonl import truncate_after
 JSONL_ONLY = {"backends": ["jsonl"]}
 
 
+def strict(token):
+    raise ValueError(f"not JSON: {token}")
+
+
 def read(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    """Strict JSON, as jq / JavaScript / pandas read it: NaN or Infinity would raise."""
+    return [json.loads(line, parse_constant=strict) for line in path.read_text().splitlines()]
 
 
 def test_jsonl_content_and_monotonic_steps(tmp_path):
     t = build_tracker(JSONL_ONLY, tmp_path, "r", {"a": 1})
     t.log({"train/loss": torch.tensor(2.5), "train/lr": 1e-4}, step=1)
     t.log({"eval/mlm_acc": 0.25}, step=1)             # same step again: fine (train + eval)
-    t.log({"train/loss": float("nan")}, step=2)        # a diverged loss stays visible
+    t.log({"train/loss": float("nan"), "train/grad_norm": torch.tensor(float("-inf")),
+           "train/lr": 1e-4, "nonfinite": 5}, step=2)  # a diverged loss stays visible, as null + flag
     t.log({"train/loss": 1.0}, step=1)                 # backwards: dropped
     t.log_text("train/note", "hello", step=3)
     assert t.state() == {"wandb_run_id": None, "last_step": 3}
@@ -30,9 +35,22 @@ def test_jsonl_content_and_monotonic_steps(tmp_path):
     assert recs[0]["train/loss"] == 2.5 and recs[0]["train/lr"] == 1e-4
     assert all(isinstance(r["time"], float) and r["time"] > 1.6e9 for r in recs)
     assert recs[1] == {"step": 1, "time": recs[1]["time"], "eval/mlm_acc": 0.25}
-    assert math.isnan(recs[2]["train/loss"])
+    assert recs[2] == {"step": 2, "time": recs[2]["time"], "train/loss": None, "train/grad_norm": None,
+                       "train/lr": 1e-4, "nonfinite": {"train/loss": "nan", "train/grad_norm": "-inf"}}
     assert recs[3]["train/note"] == "hello"
     assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "wandb").exists()
+
+
+def test_summary_and_resume_keep_the_file_strict_json(tmp_path):
+    t = build_tracker(JSONL_ONLY, tmp_path, "r", None)
+    t.log({"train/loss": float("inf")}, step=1)
+    t.summary({"final/loss": float("nan"), "final/step": 1})
+    t.close()
+    assert json.loads((tmp_path / "summary.json").read_text(), parse_constant=strict) == {
+        "final/loss": None, "final/step": 1, "nonfinite": {"final/loss": "nan"}}
+    t = build_tracker(JSONL_ONLY, tmp_path, "r", None, resume_state={"last_step": 1})  # null lines survive resume
+    t.close()
+    assert read(tmp_path / "metrics.jsonl")[0]["nonfinite"] == {"train/loss": "inf"}
 
 
 def test_resume_drops_lines_after_checkpoint(tmp_path):

@@ -53,3 +53,15 @@ def test_fresh_start_over_old_events_hides_them(tmp_path):
     t.close()
     _, got = scalars(tmp_path / "tensorboard")
     assert got["train/loss"] == [(0, 50.0), (1, 51.0)]
+
+
+def test_non_finite_values_are_flagged_not_drawn(tmp_path):
+    t = build_tracker(TB, tmp_path, "r", {})
+    t.log({"train/loss": 2.0}, step=1)
+    t.log({"train/loss": float("nan"), "train/grad_norm": float("inf"), "train/lr": 1e-3}, step=2)
+    t.log({"train/loss": 1.5}, step=3)
+    t.close()
+    _, got = scalars(tmp_path / "tensorboard")
+    assert got["train/loss"] == [(1, 2.0), (3, 1.5)]
+    assert got["nonfinite/train/loss"] == [(2, 1.0)] and got["nonfinite/train/grad_norm"] == [(2, 1.0)]
+    assert [s for s, _ in got["train/lr"]] == [2]  # the finite values of that step are drawn

@@ -67,7 +67,7 @@ SCRIPT = textwrap.dedent('''
     first = t.state()
     t.close()
     t = build_tracker(cfg, run_dir, "r1", {"model": {"hidden_size": 8}}, resume_state=first)
-    t.log({"train/loss": 0.1}, step=4)
+    t.log({"train/loss": 0.1, "train/grad_norm": float("nan")}, step=4)  # wandb gets nonfinite/train/grad_norm
     second = t.state()
     t.close()
     print("RESULT " + json.dumps({"first": first, "second": second, "mode": t.wandb_mode}))
@@ -122,6 +122,7 @@ def test_offline_by_default_no_network_and_resume_same_id(tmp_path):
     assert all(re.search(rf"-{run_id}(-\d+)?$", d.name) for d in offline_runs), offline_runs
     assert all((d / f"run-{run_id}.wandb").is_file() for d in offline_runs)
     assert [json.loads(l)["step"] for l in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[-1])["nonfinite"] == {"train/grad_norm": "nan"}
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """CheckpointManager rules: atomic latest, completeness, truncation, retention, what to resume from."""
 import os
+import shutil
 
 import pytest
 
@@ -94,3 +95,28 @@ def test_prune_leaves_a_save_in_progress_alone(tmp_path):
     _fake_save(m, 20)  # being written
     m.prune()
     assert [s for s, _ in m.step_dirs()] == [20, 10]
+
+
+def test_a_first_save_killed_before_publishing_starts_over_but_a_broken_published_one_refuses(tmp_path):
+    warnings = []
+    m = _manager(tmp_path, log=warnings.append)
+    _fake_save(m, 1)  # killed mid-save: no meta, and no `latest` was ever written
+    assert m.plan_resume("x", LAYOUT) == []
+    write_meta(os.path.join(m.root, "step_000001"), {"world_size": 1, "zero_stage": 0, "dtype": "fp32",
+                                                     "model_signature": "x"})  # killed just before `latest`
+    assert m.plan_resume("x", LAYOUT) == [] and m.complete() == []
+    assert any("never published" in w and "step_000001" in w for w in warnings)
+    _complete(m, _fake_save(m, 2))  # published: step 1 is now an older complete checkpoint
+    assert _paths(m.plan_resume("x", LAYOUT)) == [os.path.join(m.root, f"step_00000{s}") for s in (2, 1)]
+    shutil.rmtree(os.path.join(m.root, "step_000001"))
+    os.remove(os.path.join(m.root, "step_000002", "sub", "model.pt"))  # published, then damaged
+    with pytest.raises(ResumeError, match="none is usable"):
+        m.plan_resume("x", LAYOUT)
+
+
+def test_a_meta_tmp_left_by_a_killed_save_is_not_part_of_the_checkpoint(tmp_path):
+    m = _manager(tmp_path)
+    d = _fake_save(m, 3)
+    open(os.path.join(d, "parallel_meta.json.tmp"), "w").close()  # the kill came mid meta write
+    _complete(m, d)
+    assert is_complete(d) == (True, "")

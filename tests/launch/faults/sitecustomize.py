@@ -1,0 +1,48 @@
+"""Test-only fault injection for rank processes (never imported by product code).
+
+Put this directory on PYTHONPATH and set PRETRAIN_TEST_FAULTS to a JSON object, e.g.
+    {"rank": 1, "nan": [3], "grad_nan": [6], "scale": {"9": 30.0}}
+On that rank, the n-th training loss this process computes (n = 1, 2, ...; one per micro-batch,
+so the step number of a fresh run with grad_accum=1) is made NaN ("nan"), keeps its value but
+gets a NaN gradient ("grad_nan"), or is multiplied ("scale": a loss spike with a matching
+gradient). It wraps pretrain.train.build._loss, the one loss function the trainer hands the engine.
+"""
+import json
+import os
+
+_SPEC = os.environ.get("PRETRAIN_TEST_FAULTS")
+
+if _SPEC and os.environ.get("RANK") is not None:
+    spec = json.loads(_SPEC)
+    if int(os.environ["RANK"]) == int(spec.get("rank", 0)):
+        import torch
+
+        import pretrain.train.build as build
+
+        class _NanGrad(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x):
+                return x.clone()
+
+            @staticmethod
+            def backward(ctx, grad):
+                return grad * float("nan")
+
+        real_loss = build._loss
+        calls = {"n": 0}
+
+        def faulty_loss(*args, **kwargs):
+            loss, stats = real_loss(*args, **kwargs)
+            if not torch.is_grad_enabled():  # evaluation
+                return loss, stats
+            calls["n"] += 1
+            n = calls["n"]
+            if n in spec.get("nan", []):
+                loss = loss * float("nan")
+            elif n in spec.get("grad_nan", []):
+                loss = _NanGrad.apply(loss)
+            elif str(n) in spec.get("scale", {}):
+                loss = loss * float(spec["scale"][str(n)])
+            return loss, stats
+
+        build._loss = faulty_loss
