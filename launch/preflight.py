@@ -49,8 +49,23 @@ def preflight(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
                 f"{os.path.join(cfg.data.path, MANIFEST_NAME)} has no split {split!r} (has {sorted(manifest.splits)})"
             )
     lines = settle_launch_precision(cfg)
+    _check_engine_with_dtype(cfg)
     _check_precision(cfg)
     return lines
+
+
+def _check_engine_with_dtype(cfg: DictConfig) -> None:
+    """The config was validated with the dtype as asked; once `auto` is a concrete dtype, the
+    engine combinations that depend on it (pipeline bf16 needs ZeRO-1, fp16 needs ZeRO >= 1) are
+    checked again, here, instead of failing on every rank."""
+    from parallel.ds_config import validate as validate_engine
+    from pretrain.train.config import ConfigError
+
+    try:
+        validate_engine(cfg.parallel, cfg.precision, cfg.optim)
+    except ValueError as e:
+        why = f" (precision=auto chose {cfg.precision.dtype}: {cfg.precision.reason})" if cfg.precision.resolved_from == "auto" else ""
+        raise ConfigError(f"config: {e}{why}") from None
 
 
 def _check_precision(cfg: DictConfig) -> None:

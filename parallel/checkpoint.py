@@ -54,6 +54,7 @@ class Layout:
     zero_stage: int
     dtype: str
     pipeline_stages: int = 1
+    pipeline_partition: str = "parameters"   # only meaningful with pipeline_stages > 1
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def check_compatible(ckpt_dir: str, meta: dict, signature: str) -> None:
 
 
 def resume_mode(ckpt_dir: str, meta: dict, world_size: int, zero_stage: int, dtype: str,
-                pipeline_stages: int = 1) -> str:
+                pipeline_stages: int = 1, pipeline_partition: str = "parameters") -> str:
     """How to load `meta`'s checkpoint into this layout: "plain" or "universal".
 
     Measured with DeepSpeed 0.19.8 on CPU (see docs/parallel.md):
@@ -176,19 +177,40 @@ def resume_mode(ckpt_dir: str, meta: dict, world_size: int, zero_stage: int, dty
       ZeRO-0 -> ZeRO-0, same dtype, any world  -> plain (the full optimizer state is one file)
       ZeRO-1/2 -> ZeRO-1/2, any world or dtype -> universal
       ZeRO-3 -> ZeRO-3, any world or dtype     -> universal
-    Anything else (ZeRO-0 <-> ZeRO>0, ZeRO-1/2 <-> ZeRO-3, pipeline changes) raises CheckpointError.
+    With a pipeline on either side (pipeline_stages > 1, ZeRO <= 1):
+      same stages, partition, ZeRO stage, dtype, world size -> plain
+      same stages and partition, ZeRO-0 -> ZeRO-0 fp32, any replicas -> plain (per-stage files)
+      ZeRO-1 pipeline <-> ZeRO-1/2 plain or pipeline, any stages / replicas / dtype -> universal
+        (our own conversion, keyed by the plain model's parameter names)
+    Anything else raises CheckpointError.
     """
     src_stage, src_world = meta["zero_stage"], meta["world_size"]
     src_dtype, src_pp = meta.get("dtype"), meta.get("pipeline_stages", 1)
-    if (src_world, src_stage, src_dtype, src_pp) == (world_size, zero_stage, dtype, pipeline_stages):
-        return "plain"
+    src_part = meta.get("pipeline", {}).get("partition", "parameters")
     if src_pp == pipeline_stages == 1:
+        if (src_world, src_stage, src_dtype) == (world_size, zero_stage, dtype):
+            return "plain"
         if src_stage == zero_stage == 0 and src_dtype == dtype:
             return "plain"
         if src_stage in (1, 2) and zero_stage in (1, 2):
             return "universal"
         if src_stage == zero_stage == 3:
             return "universal"
+    else:
+        same_split = src_pp == pipeline_stages and src_part == pipeline_partition
+        if same_split and (src_world, src_stage, src_dtype) == (world_size, zero_stage, dtype):
+            return "plain"
+        if same_split and src_stage == zero_stage == 0 and src_dtype == dtype:
+            return "plain"
+        if src_stage in (1, 2) and zero_stage in (1, 2):
+            return "universal"
+        if src_stage == 0 or zero_stage == 0:
+            raise CheckpointError(
+                f"checkpoint {ckpt_dir}: cannot resume a ZeRO-{src_stage} {src_dtype} checkpoint of {src_pp} pipeline "
+                f"stage(s) ({src_part}) as ZeRO-{zero_stage} {dtype} with {pipeline_stages} stage(s) "
+                f"({pipeline_partition}): a ZeRO-0 pipeline checkpoint keeps its optimizer state per stage, so it "
+                "resumes only with the same stages and partition; train with parallel.zero_stage=1 "
+                "(parallel=pipeline) to change the number of stages")
     raise CheckpointError(
         f"checkpoint {ckpt_dir}: cannot resume a ZeRO-{src_stage} {src_dtype} checkpoint of {src_world} "
         f"processes (pipeline {src_pp}) as ZeRO-{zero_stage} {dtype} on {world_size} processes "
@@ -206,14 +228,15 @@ def inspect_checkpoint(ckpt_dir: str, signature: str, layout: Layout) -> Resume:
     verify_files(ckpt_dir, meta)
     check_compatible(ckpt_dir, meta, signature)
     mode = resume_mode(ckpt_dir, meta, layout.world_size, layout.zero_stage, layout.dtype,
-                       layout.pipeline_stages)
+                       layout.pipeline_stages, layout.pipeline_partition)
     return Resume(ckpt_dir, mode, meta)
 
 
 def consolidate_fp32(ckpt_dir: str, exclude_frozen: bool = False) -> dict:
     """Offline: the full fp32 state dict of a DeepSpeed checkpoint (ZeRO 0-3, any world size).
 
-    Uses DeepSpeed's zero_to_fp32 (reads the fp32 master partitions) for ZeRO 1-3. Tied weights
+    Uses DeepSpeed's zero_to_fp32 (reads the fp32 master partitions) for ZeRO 1-3; pipeline
+    checkpoints are read by parallel.pipe_checkpoint (plain names, same contract). Tied weights
     appear under each name and may share storage: clone or de-duplicate before safetensors.
     """
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
@@ -221,6 +244,10 @@ def consolidate_fp32(ckpt_dir: str, exclude_frozen: bool = False) -> dict:
     meta = peek_checkpoint(ckpt_dir)
     verify_files(ckpt_dir, meta)
     parent, tag = os.path.split(os.path.abspath(ckpt_dir))
+    if meta.get("pipeline_stages", 1) > 1:
+        from .pipe_checkpoint import consolidate
+
+        return consolidate(ckpt_dir, meta)
     if meta["zero_stage"] == 0:
         return _stage0_state_dict(ckpt_dir)
     try:
@@ -257,7 +284,8 @@ def to_universal(ckpt_dir: str) -> str:
     """Convert once into <ckpt_dir>/universal (build in a temp dir, rename when complete).
 
     Runs DeepSpeed's ds_to_universal in-process with --inject_missing_state (needed for
-    checkpoints written by deepspeed.initialize-built engines) and one worker (no fork storms).
+    checkpoints written by deepspeed.initialize-built engines) and one worker (no fork storms);
+    a pipeline checkpoint is converted by parallel.pipe_checkpoint instead (plain names either way).
     Call on one rank; the others wait at a barrier.
     """
     import argparse
@@ -275,7 +303,14 @@ def to_universal(ckpt_dir: str) -> str:
                               inject_missing_state=True)
     try:
         with weights_only_loads():
-            ds_to_universal.main(args)
+            if peek_checkpoint(ckpt_dir).get("pipeline_stages", 1) > 1:
+                from .pipe_checkpoint import to_universal as pipeline_to_universal
+
+                pipeline_to_universal(ckpt_dir, tmp)
+            else:
+                ds_to_universal.main(args)
+    except CheckpointError:
+        raise
     except Exception as e:  # noqa: BLE001 - conversion failures are reported as one line
         raise CheckpointError(f"checkpoint {ckpt_dir}: universal conversion failed "
                               f"({type(e).__name__}: {e})") from e

@@ -26,9 +26,8 @@ def validate(parallel: ParallelConfig, precision: PrecisionConfig, optim: OptimC
         raise ValueError("parallel.offload_params=true needs parallel.zero_stage=3")
     if parallel.pipeline_stages < 1:
         raise ValueError(f"parallel.pipeline_stages={parallel.pipeline_stages}: must be >= 1")
-    if parallel.pipeline_stages > 1 and parallel.zero_stage >= 2:
-        raise ValueError(f"parallel.pipeline_stages={parallel.pipeline_stages} with "
-                         f"zero_stage={parallel.zero_stage}: pipeline parallelism supports ZeRO 0-1 only")
+    if parallel.pipeline_stages > 1:
+        _validate_pipeline(parallel, precision)
     if precision.dtype == "fp16" and parallel.zero_stage == 0:
         # Measured: DeepSpeed's ZeRO-0 fp16 path (FP16_UnfusedOptimizer) with our optimizers
         # diverges from fp32 after one step, while ZeRO-1/2 fp16 match fp32.
@@ -45,6 +44,23 @@ def require_resolved(dtype: str) -> None:
     if dtype not in DTYPES:
         raise ValueError(f"precision.dtype={dtype!r} reached the engine unresolved; expected one of "
                          f"{', '.join(DTYPES)} (pretrain-launch resolves precision=auto into the run's config.yaml)")
+
+
+def _validate_pipeline(parallel: ParallelConfig, precision: PrecisionConfig) -> None:
+    stages = f"parallel.pipeline_stages={parallel.pipeline_stages}"
+    if parallel.zero_stage >= 2:
+        raise ValueError(f"{stages} with zero_stage={parallel.zero_stage}: pipeline parallelism supports ZeRO 0-1 "
+                         "only (DeepSpeed's pipeline schedules its own gradient reductions, which ZeRO-2/3 "
+                         "partitioning would bypass)")
+    if parallel.offload_optimizer or parallel.offload_params:
+        raise ValueError(f"{stages} with offload: DeepSpeed's pipeline engine does not support optimizer or "
+                         "parameter offload (DeepSpeed issue #3866); set parallel.offload_optimizer=false")
+    if precision.dtype == "bf16" and parallel.zero_stage == 0:
+        raise ValueError(f"{stages} with precision.dtype=bf16 needs parallel.zero_stage=1 (parallel=pipeline): "
+                         "DeepSpeed 0.19.8's pipeline bf16 optimizer under ZeRO-0 cannot load its own checkpoints")
+    from .pipe_model import check_partition
+
+    check_partition(parallel.pipeline_partition)
 
 
 def check_device_dtype(dtype: str) -> None:

@@ -55,7 +55,8 @@ def scalar(value: Any) -> float:
 
 
 def layout_of(topo: Topology, parallel_cfg: ParallelConfig, precision_cfg: PrecisionConfig) -> Layout:
-    return Layout(topo.world_size, parallel_cfg.zero_stage, precision_cfg.dtype, parallel_cfg.pipeline_stages)
+    return Layout(topo.world_size, parallel_cfg.zero_stage, precision_cfg.dtype, parallel_cfg.pipeline_stages,
+                  parallel_cfg.pipeline_partition)
 
 
 class Engine(ABC):
@@ -127,6 +128,10 @@ class Engine(ABC):
                     for v in state.values() if isinstance(v, torch.Tensor)]
         return everywhere(all_finite(tensors))
 
+    def _universal_aliases(self) -> Optional[dict]:
+        """Module parameter name -> plain name, where they differ (the pipeline module)."""
+        return None
+
     # ---------------------------------------------------------------- shared helpers
     def _step_report(self, loss: float, grad_norm: float, skipped: int) -> dict:
         """`nonfinite`, `skipped` and a truthful `grad_norm` for a step's metrics.
@@ -179,7 +184,7 @@ class Engine(ABC):
         world size) loads a plain checkpoint of its own layout through a universal conversion
         too: that is what a rewind to a checkpoint it saved itself needs."""
         if resume.mode == "plain" and self.load_universal:
-            prepare_universal(resume.path, self.topo)  # rank 0 converts once, every rank waits
+            prepare_universal(resume.path, self.topo, self._universal_aliases())  # rank 0 converts once
             resume = Resume(resume.path, "universal", resume.meta)
         universal = resume.mode == "universal"
         if universal != self.load_universal:
@@ -236,13 +241,21 @@ class Engine(ABC):
                 seen.add(id(state["step"]))
 
 
-def prepare_universal(ckpt_dir: str, topo: Topology) -> str:
-    """Rank 0 converts <ckpt_dir> to a universal checkpoint once; every rank gets the outcome."""
+def prepare_universal(ckpt_dir: str, topo: Topology, aliases: Optional[dict] = None) -> str:
+    """Rank 0 converts <ckpt_dir> to a universal checkpoint once; every rank gets the outcome.
+
+    aliases: {live module parameter name: plain name} for a module whose names differ from the
+    plain model's (the pipeline module); rank 0 links them into the universal directory."""
     error = None
-    if topo.rank == 0 and not ckpt.universal_ready(ckpt_dir):
+    if topo.rank == 0:
         try:
-            ckpt.to_universal(ckpt_dir)
-        except CheckpointError as e:
+            if not ckpt.universal_ready(ckpt_dir):
+                ckpt.to_universal(ckpt_dir)
+            if aliases:
+                from .pipe_checkpoint import add_aliases
+
+                add_aliases(ckpt.universal_dir(ckpt_dir), aliases)
+        except (CheckpointError, OSError) as e:
             error = str(e)
     errors = [e for e in all_gather_object(error) if e]
     barrier()
@@ -262,15 +275,18 @@ def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig
 
     resume: the checkpoint `load` will be given (from inspect_checkpoint for this layout); in
     universal mode it is converted once (rank 0) and DeepSpeed is initialised to load it.
-    `parallel_cfg.pipeline_stages > 1` builds the pipeline engine from `model.layers()`.
+    `parallel_cfg.pipeline_stages > 1` builds the pipeline engine from `model.layers()`; it
+    then releases the parameters of `model` that other stages hold (do not reuse `model`).
     """
-    from .ds_engine import build_deepspeed_engine
-
     if parallel_cfg.pipeline_stages > 1:
-        raise ValueError(f"parallel.pipeline_stages={parallel_cfg.pipeline_stages}: "
-                         "pipeline parallelism is not implemented yet (use pipeline_stages=1)")
+        from .pipe_engine import build_pipeline_engine as builder
     else:
-        builder = build_deepspeed_engine
+        from deepspeed.utils import groups
+
+        # DeepSpeed keeps the last pipeline engine's process grid as a process-wide default
+        # (groups.mpu), which a later plain engine in the same process would take for its own.
+        groups.mpu = None
+        from .ds_engine import build_deepspeed_engine as builder
     return builder(model, loss_fn, parallel_cfg, precision_cfg, optim_cfg, schedule_cfg,
                    total_steps=total_steps, micro_batch_size=micro_batch_size, grad_accum=grad_accum,
                    topo=topo, seed=seed, resume=resume, model_inputs=model_inputs,

@@ -229,11 +229,19 @@ def _check_relations(cfg: DictConfig) -> None:
             "config: trainer.max_steps is null, so set schedule.total_steps (the number of steps the "
             "warmup + decay schedule spans) for a token- or time-budgeted run"
         )
-    if cfg.parallel.pipeline_stages > 1 and cfg.parallel.zero_stage > 1:
+    stages, world = cfg.parallel.pipeline_stages, cfg.cluster.nnodes * cfg.cluster.nproc
+    if stages > 1 and cfg.parallel.zero_stage > 1:
         raise ConfigError(
-            f"config: parallel.pipeline_stages={cfg.parallel.pipeline_stages} needs parallel.zero_stage <= 1 "
+            f"config: parallel.pipeline_stages={stages} needs parallel.zero_stage <= 1 "
             f"(got {cfg.parallel.zero_stage}); DeepSpeed cannot combine pipeline with ZeRO-2/3"
         )
+    layer_count = m.num_layers * (m.inner_group_num if m.arch == "albert" else 1)
+    if stages > layer_count:
+        raise ConfigError(f"config: parallel.pipeline_stages={stages} exceeds the {layer_count} encoder layers of the "
+                          f"model (model.num_layers); every pipeline stage needs at least one")
+    if world % stages:
+        raise ConfigError(f"config: parallel.pipeline_stages={stages} does not divide the world size {world} "
+                          f"(cluster.nnodes={cfg.cluster.nnodes} x cluster.nproc={cfg.cluster.nproc})")
     from parallel.ds_config import validate as validate_engine
 
     try:
@@ -257,12 +265,6 @@ def check_run_name(name: str) -> None:
 def _check_cluster(cfg: DictConfig) -> None:
     """Cluster values that are wrong whatever the launcher (the launchers add their own checks)."""
     c = cfg.cluster
-    world = c.nnodes * c.nproc
-    if world % cfg.parallel.pipeline_stages:
-        raise ConfigError(
-            f"config: cluster.nnodes x cluster.nproc = {c.nnodes} x {c.nproc} = {world} processes is not "
-            f"divisible by parallel.pipeline_stages={cfg.parallel.pipeline_stages}"
-        )
     for key in ("time_margin", "max_requeues", "gpus_per_node", "master_port"):
         if c[key] < 0:
             raise ConfigError(f"config key 'cluster.{key}' = {c[key]!r}; must be >= 0")

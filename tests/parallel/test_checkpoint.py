@@ -28,12 +28,44 @@ def test_resume_mode_supported(src, dst, mode):
 
 @pytest.mark.parametrize("src,dst", [
     (meta(2, 0), (2, 0, "bf16")), (meta(2, 0), (2, 2, "fp32")), (meta(2, 2), (2, 0, "fp32")),
-    (meta(2, 2), (2, 3, "fp32")), (meta(2, 3), (2, 1, "fp32")), (meta(2, 1, pp=2), (2, 1, "fp32")),
+    (meta(2, 2), (2, 3, "fp32")), (meta(2, 3), (2, 1, "fp32")), (meta(2, 0, pp=2), (2, 1, "fp32")),
 ])
 def test_resume_mode_unsupported_is_one_line(src, dst):
     with pytest.raises(CheckpointError, match="ck: cannot resume") as e:
         resume_mode("ck", src, *dst)
     assert "\n" not in str(e.value)
+
+
+def pipe_meta(world=2, stage=1, dtype="fp32", pp=2, partition="parameters"):
+    return meta(world, stage, dtype, pp) | {"pipeline": {"stages": pp, "partition": partition}}
+
+
+@pytest.mark.parametrize("src,dst,mode", [
+    (pipe_meta(), (2, 1, "fp32", 2), "plain"),
+    (pipe_meta(4, 0), (2, 0, "fp32", 2), "plain"),           # ZeRO-0: other replica count, same stages
+    (pipe_meta(2, 1), (4, 1, "fp32", 2), "universal"),      # 2x1 -> 2x2
+    (pipe_meta(2, 1), (4, 1, "bf16", 4), "universal"),      # other stage count and dtype
+    (pipe_meta(2, 1), (2, 1, "fp32", 1), "universal"),      # pipeline -> plain
+    (pipe_meta(2, 1), (1, 2, "fp32", 1), "universal"),
+    (meta(2, 2), (4, 1, "fp32", 2), "universal"),           # plain -> pipeline
+    (pipe_meta(2, 1), (2, 1, "fp32", 2, "uniform"), "universal"),  # another partition
+])
+def test_resume_mode_with_a_pipeline(src, dst, mode):
+    assert resume_mode("ck", src, *dst) == mode
+
+
+@pytest.mark.parametrize("src,dst,needle", [
+    (pipe_meta(2, 0), (4, 0, "fp32", 4), "same stages and partition"),
+    (pipe_meta(2, 0), (2, 0, "fp32", 2, "uniform"), "same stages and partition"),
+    (pipe_meta(2, 0), (2, 1, "fp32", 2), "ZeRO-0 pipeline checkpoint"),
+    (pipe_meta(2, 1), (2, 0, "fp32", 2), "ZeRO-0 pipeline checkpoint"),
+    (meta(2, 0), (2, 0, "fp32", 2), "ZeRO-0 pipeline checkpoint"),
+    (meta(2, 3), (2, 1, "fp32", 2), "cannot resume a ZeRO-3"),
+])
+def test_resume_mode_refuses_pipeline_changes_it_cannot_convert(src, dst, needle):
+    with pytest.raises(CheckpointError, match="ck: cannot resume") as e:
+        resume_mode("ck", src, *dst)
+    assert needle in str(e.value) and "\n" not in str(e.value)
 
 
 def test_meta_roundtrip_and_integrity(tmp_path):

@@ -81,6 +81,10 @@ def test_precision_keys():
     (dict(parallel=ParallelConfig(zero_stage=2, offload_params=True)), "offload_params"),
     (dict(parallel=ParallelConfig(zero_stage=2, pipeline_stages=2)), "ZeRO 0-1 only"),
     (dict(parallel=ParallelConfig(pipeline_stages=2), world=3), "not divisible"),
+    (dict(parallel=ParallelConfig(zero_stage=1, pipeline_stages=2, offload_optimizer=True)), "issue #3866"),
+    (dict(parallel=ParallelConfig(pipeline_stages=2), precision=PrecisionConfig(dtype="bf16")),
+     "bf16 needs parallel.zero_stage=1"),
+    (dict(parallel=ParallelConfig(pipeline_stages=2, pipeline_partition="even")), "pipeline_partition='even'"),
     (dict(precision=PrecisionConfig(dtype="fp8")), "precision.dtype"),
     (dict(optim=OptimConfig(impl="apex")), "optim.impl"),
     (dict(mbs=0), "micro_batch_size"),
@@ -92,13 +96,11 @@ def test_user_errors_are_one_line(kwargs, match):
     assert "\n" not in str(e.value)
 
 
-def test_pipeline_preset_builds_config_but_engine_refuses():
+def test_pipeline_preset_builds_a_zero1_config_over_the_data_parallel_size():
     c = build(preset("parallel", "pipeline"), world=4)
     assert c["zero_optimization"]["stage"] == 1 and c["train_batch_size"] == 4 * 2 * 2
-    from parallel.engine import build_engine
-    with pytest.raises(ValueError, match="pipeline parallelism is not implemented yet"):
-        build_engine(None, None, preset("parallel", "pipeline"), PrecisionConfig(), OptimConfig(),
-                     ScheduleConfig(), total_steps=1, micro_batch_size=1, grad_accum=1, topo=None)
+    for method in ("parameters", "uniform", "type:EncoderLayer"):
+        build(ParallelConfig(zero_stage=1, pipeline_stages=2, pipeline_partition=method), world=4)
 
 
 def test_fp16_refused_where_the_accelerator_lacks_it(monkeypatch):

@@ -26,16 +26,16 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def launch(scenario: str, work: Path, nproc: int | None = 2, timeout: int = 300) -> dict:
+def launch(scenario: str, work: Path, nproc: int | None = 2, timeout: int = 300, script: str = "_worker.py") -> dict:
     env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
                PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(k, None)
     if nproc is None:  # plain python, no launcher variables
-        cmd = [sys.executable, str(HERE / "_worker.py"), scenario, str(work)]
+        cmd = [sys.executable, str(HERE / script), scenario, str(work)]
     else:
         cmd = [str(TORCHRUN), "--nproc_per_node", str(nproc), "--master_addr", "127.0.0.1",
-               "--master_port", str(_port()), str(HERE / "_worker.py"), scenario, str(work)]
+               "--master_port", str(_port()), str(HERE / script), scenario, str(work)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         pytest.fail(f"{scenario} failed ({proc.returncode}):\n{proc.stderr[-6000:]}")

@@ -70,3 +70,23 @@ def test_time_budget_without_steps_needs_schedule_length():
     with pytest.raises(ConfigError, match="schedule.total_steps"):
         validate(_compose("trainer.max_steps=null", "trainer.max_time=60"))
     assert validate(_compose("trainer.max_steps=null", "trainer.max_time=60", "schedule.total_steps=100"))
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["model=bert-tiny", "parallel=pipeline", "parallel.pipeline_stages=3", "cluster.nproc=3"],
+     "exceeds the 2 encoder layers"),
+    (["parallel=pipeline", "cluster.nproc=3"], "does not divide the world size 3 (cluster.nnodes=1 x cluster.nproc=3)"),
+    (["parallel=pipeline", "parallel.zero_stage=2", "cluster.nproc=2"], "zero_stage <= 1"),
+    (["parallel=pipeline", "parallel.offload_optimizer=true", "cluster.nproc=2"], "offload"),
+    (["parallel=pipeline", "parallel.zero_stage=0", "precision=bf16", "cluster.nproc=2"], "bf16 needs"),
+    (["parallel=pipeline", "parallel.pipeline_partition=even", "cluster.nproc=2"], "pipeline_partition"),
+])
+def test_pipeline_layouts_that_cannot_run_are_refused_before_launch(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        validate(_compose(*overrides))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_pipeline_preset_validates_on_a_world_it_divides():
+    cfg = validate(_compose("model=bert-base", "parallel=pipeline", "parallel.pipeline_stages=4", "cluster.nproc=8"))
+    assert cfg.parallel.pipeline_stages == 4 and cfg.parallel.zero_stage == 1

@@ -1,0 +1,345 @@
+"""PipelineEngine: the Engine for pipeline stages x data-parallel replicas (ZeRO 0-1).
+
+Built on DeepSpeed's pipeline engine (1F1B schedule over `grad_accum` micro-batches per step):
+  - the model is `build_pipeline_module(model.layers())` (parallel/pipe_model.py): embeddings on
+    the first stage, encoder layers partitioned, heads on the last, ties as DeepSpeed tied layers;
+  - rank = stage * dp_size + dp_rank (DeepSpeed's PipeDataParallelTopology, as Topology says);
+    every stage of a replica gets the replica's micro-batches, the first reads the inputs, the
+    last the sentence labels, and the masked-LM labels travel with the activations.
+
+How the global-batch loss is kept exact: the last stage's loss function gets the masked-token
+and sentence counts of the whole global batch (one all-reduce over the step's micro-batches,
+counted on the first stage only) and returns `loss * grad_accum * dp_size`; DeepSpeed divides
+by grad_accum in backward and averages gradients over the replicas, so the gradient is that of
+sum(CE over the global batch) / global count, whatever the number of stages and replicas.
+
+Metrics come from the last stage (loss-function stats summed over micro-batches, one all-reduce
+over the world with zeros elsewhere), so every rank returns the same numbers.
+
+The optimizer step of a pipeline step runs in ONE place, `_optimizer_step`, which DeepSpeed's
+schedule calls on every rank after the last forward pass and the tied-weight and data-parallel
+gradient reductions: the step's metrics are reduced there (so the global loss is known before
+the update), the gradient norm is measured (and for ZeRO-0 fp32 clipped), the UpdateGuard is told
+(parallel/update_guard.py: a non-finite step is dropped on every rank), then DeepSpeed steps.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from .checkpoint import CheckpointError, Resume, model_signature
+from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
+from .ds_config import build_ds_config, check_device_dtype, validate
+from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, prepare_universal, scalar
+from .optim import build_optimizer, param_groups, uses_client_optimizer
+from .pipe_model import PipeLayout, build_pipeline_module, pipe_layout
+from .schedules import build_scheduler
+from .topology import Topology, all_gather_object, all_reduce_sum, init_distributed
+
+
+class StageLoss:
+    """The loss function DeepSpeed calls on the last stage: `(outputs, labels) -> scalar`.
+
+    Holds what the engine sets per step (global normalisers, scale) and collects the stats.
+    labels = (sentence_label,) from the micro-batch iterator.
+    """
+
+    def __init__(self, loss_fn: LossFn):
+        self.loss_fn = loss_fn
+        self.has_sentence = True
+        self.takes_sentence_norm = "sentence_normalizer" in inspect.signature(loss_fn).parameters
+        self.training = True
+        self.mlm_norm = self.sent_norm = None
+        self.scale = 1.0
+        self.losses: list[torch.Tensor] = []
+        self.stats: list[dict] = []
+
+    def start(self, training: bool, has_sentence: bool, mlm_norm=None, sent_norm=None, scale: float = 1.0) -> None:
+        self.has_sentence = has_sentence
+        self.training, self.mlm_norm, self.sent_norm, self.scale = training, mlm_norm, sent_norm, scale
+        self.losses, self.stats = [], []
+
+    def __call__(self, outputs, labels):
+        batch = {"sentence_label": labels[0]} if self.has_sentence else {}
+        if self.training:
+            mlm, sent = self.mlm_norm, self.sent_norm
+        else:  # eval: this batch's own counts (a per-batch loss; the stats are what count)
+            mlm = (outputs.mlm_labels != IGNORE).sum().clamp_min(1).float()
+            sent = (labels[0] != IGNORE).sum().clamp_min(1).float() if self.has_sentence else None
+        if self.takes_sentence_norm:
+            loss, stats = self.loss_fn(outputs, batch, mlm, sentence_normalizer=sent)
+        else:
+            loss, stats = self.loss_fn(outputs, batch, mlm)
+        self.losses.append(loss.detach())
+        self.stats.append({k: scalar(v) for k, v in stats.items()})
+        return loss * self.scale if self.training else loss
+
+
+class PipelineEngine(Engine):
+    """Built by `build_engine` for parallel.pipeline_stages > 1; see docs/parallel.md."""
+
+    def __init__(self, ds_engine, loss_fn: LossFn, *, stage_loss: StageLoss, pipe_layout: PipeLayout,
+                 own_clip: float, **kwargs):
+        super().__init__(ds_engine, loss_fn, **kwargs)
+        self.stage_loss = stage_loss
+        self.pipe_layout = pipe_layout
+        self.stage = self.topo.pp_rank
+        self.is_first = self.stage == 0
+        self.is_last = self.stage == pipe_layout.num_stages - 1
+        self._own_clip = own_clip        # > 0: clip here (DeepSpeed's ZeRO-0 fp32 clip is stage-blind)
+        self._own_norm = self.parallel_cfg.zero_stage == 0 and self.precision_cfg.dtype == "fp32"
+        self._grad_norm: Optional[float] = None
+        self._sums: dict = {}
+        self._train_shape: Optional[tuple] = None
+        self._step = 0
+        self._micro = 0
+        self._keys: Optional[list[str]] = None
+        self.ds.module.before_forward = self._before_forward
+        from deepspeed.runtime.pipe import schedule
+
+        table = dict(type(self.ds)._INSTRUCTION_MAP)
+        table[schedule.OptimizerStep] = self._make_step(table[schedule.OptimizerStep])
+        self.ds._INSTRUCTION_MAP = table  # instance attribute: DeepSpeed looks the table up on self
+
+    # ---------------------------------------------------------------- the optimizer step
+    def _make_step(self, deepspeed_step):
+        def step(ds, lr_kwargs=None):
+            self._optimizer_step(ds, deepspeed_step, lr_kwargs)
+        return step
+
+    def _optimizer_step(self, ds, deepspeed_step, lr_kwargs) -> None:
+        """Every forward pass is done and the gradients are final here (tied copies and replicas
+        reduced): reduce the step's metrics (the global loss), measure and for ZeRO-0 fp32 clip
+        the gradient norm, tell the UpdateGuard, then let DeepSpeed step (or the guard drop it)."""
+        self._sums = self._last_stage_sums(self._stat_keys())
+        self._grad_norm = None
+        if self._own_norm:
+            self._grad_norm = float(self._stage_grad_norm())
+            if self._own_clip > 0 and math.isfinite(self._grad_norm):
+                coef = min(1.0, self._own_clip / (self._grad_norm + 1e-6))
+                if coef < 1.0:
+                    for p in self.module.parameters():
+                        if p.grad is not None:
+                            p.grad.mul_(coef)
+        self.guard.expect(math.isfinite(self._sums["loss"]), self._grad_norm)
+        deepspeed_step(ds, lr_kwargs)
+
+    def _stage_grad_norm(self) -> torch.Tensor:
+        """L2 norm over all stages of one replica (gradients are replica-averaged already); tied
+        copies past the first (`ds_pipe_replicated`) are not counted twice."""
+        sq = torch.zeros((), dtype=torch.float64, device=self.topo.device)
+        for p in self.module.parameters():
+            if p.grad is not None and not getattr(p, "ds_pipe_replicated", False):
+                sq += p.grad.detach().double().pow(2).sum()
+        all_reduce_sum(sq, group=self.ds.grid.get_pipe_parallel_group())
+        return sq.sqrt().float()
+
+    # ---------------------------------------------------------------- steps
+    def _before_forward(self) -> None:
+        self._seed(self._step, self._micro)
+        self._micro += 1
+
+    def _items(self, batches: list[dict]):
+        for b in batches:
+            ids = b["input_ids"]
+            tt = b.get("token_type_ids")
+            mask = b.get("attention_mask")
+            inputs = (ids, torch.zeros_like(ids) if tt is None else tt,
+                      torch.ones_like(ids) if mask is None else mask, b["labels"])
+            sent = b["sentence_label"] if self.stage_loss.has_sentence else torch.zeros(1, dtype=torch.long)
+            yield inputs, (sent,)
+
+    def _global_counts(self, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+        counts = torch.zeros(2, dtype=torch.float64, device=self.topo.device)
+        if self.is_first:  # every stage of a replica has the same batches: count them once
+            for b in batches:
+                counts[0] += (b["labels"] != IGNORE).sum()
+                if "sentence_label" in b:
+                    counts[1] += (b["sentence_label"] != IGNORE).sum()
+        all_reduce_sum(counts)
+        counts = counts.clamp_min(1.0).float()
+        return counts[0], counts[1]
+
+    def _check_shape(self, batches: list[dict]) -> None:
+        for b in batches:
+            shape = tuple(b["input_ids"].shape)
+            if self._train_shape is None:
+                self._train_shape = shape
+            elif shape != self._train_shape:
+                raise ValueError(f"pipeline parallelism needs every training micro-batch to have one shape: got "
+                                 f"{list(shape)} after {list(self._train_shape)} (data.micro_batch_size x "
+                                 "data.max_seq_len)")
+
+    def _last_stage_sums(self, keys: list[str]) -> dict[str, float]:
+        """loss + stats summed over this step's micro-batches on the last stage, over the world
+        (zeros elsewhere): the same numbers on every rank."""
+        sl = self.stage_loss
+        vec = torch.zeros(1 + len(keys), dtype=torch.float64, device=self.topo.device)
+        if self.is_last:
+            vec[0] = float(sum(float(l) for l in sl.losses))
+            for i, k in enumerate(keys):
+                vec[1 + i] = sum(s.get(k, 0.0) for s in sl.stats)
+        values = all_reduce_sum(vec).tolist()
+        return {"loss": values[0], **dict(zip(keys, values[1:]))}
+
+    def train_step(self, micro_batches: list[dict]) -> dict:
+        if len(micro_batches) != self.grad_accum:
+            raise ValueError(f"train_step got {len(micro_batches)} micro-batches, "
+                             f"expected grad_accum={self.grad_accum}")
+        self._check_shape(micro_batches)
+        batches = [self._to_device(b) for b in micro_batches]
+        mlm_norm, sent_norm = self._global_counts(batches)
+        step, lr = self.global_step, self.lr
+        skipped_before = int(getattr(self.ds, "skipped_steps", 0))
+        self._step, self._micro = step, 0
+        self.stage_loss.start(True, "sentence_label" in batches[0], mlm_norm, sent_norm,
+                              scale=float(self.grad_accum * self.dp_world_size))
+        self.ds.train_batch(data_iter=self._items(batches))
+        metrics = dict(self._sums)  # reduced in _optimizer_step, before the update
+        metrics["lr"] = lr
+        grad_norm = self._grad_norm if self._own_norm else scalar(self.ds.get_global_grad_norm())
+        metrics.update(self._step_report(metrics["loss"], grad_norm,
+                                         int(getattr(self.ds, "skipped_steps", 0)) - skipped_before))
+        if self.precision_cfg.dtype == "fp16":
+            opt = self.ds.optimizer
+            metrics["loss_scale"] = scalar(getattr(opt, "cur_scale", getattr(opt, "loss_scale", None)))
+        return metrics
+
+    def _stat_keys(self) -> list[str]:
+        """The loss function's stat names, learnt from the last stage once (one gather)."""
+        if self._keys is None:
+            mine = sorted({k for s in self.stage_loss.stats for k in s}) if self.is_last else None
+            self._keys = next(k for k in all_gather_object(mine) if k is not None)
+        return self._keys
+
+    @torch.no_grad()
+    def eval_step(self, batch: dict) -> dict:
+        """This rank's stats of one batch (zeros off the last stage); every rank must call it the
+        same number of times (DeepSpeed's eval does a world barrier). Shapes may differ from the
+        training micro-batches (partial last batches): sent with their shapes, then reset."""
+        b = self._to_device(batch)
+        self.stage_loss.start(False, "sentence_label" in b)
+        self.ds.dynamic_shape = True
+        try:
+            self.ds.eval_batch(self._items([b]), compute_loss=True, reduce_output=None, bcast_loss=False,
+                               num_micro_batches=1)
+        finally:
+            self.ds.dynamic_shape = False
+            self.ds.reset_activation_shape()
+            self.ds.train()
+        sl = self.stage_loss
+        if not self.is_last:
+            return {"loss": 0.0}
+        return {"loss": scalar(sl.losses[0]), **sl.stats[0]}
+
+    # ---------------------------------------------------------------- weights
+    def _stage_state(self) -> dict:
+        """This stage's layers' weights under the plain model's state_dict names (fp32, CPU)."""
+        out = {}
+        for local_index, fn in enumerate(self.module.forward_funcs):
+            if not isinstance(fn, nn.Module):
+                continue
+            layout = self.pipe_layout
+            prefix = layout.layer_prefixes[layout.parts[self.stage] + local_index]
+            for k, v in fn.state_dict().items():
+                out.setdefault(prefix + k, v.detach().float().cpu().clone() if v.is_floating_point()
+                               else v.detach().cpu().clone())
+        return out
+
+    def consolidated_state_dict(self) -> dict:
+        """Full plain-named state dict on every rank (gathers the stages' layers: collective)."""
+        pieces = all_gather_object(self._stage_state() if self.topo.dp_rank == 0 else None)
+        out: dict = {}
+        for piece in pieces:
+            if piece:
+                for k, v in piece.items():
+                    out.setdefault(k, v)
+        return out
+
+    def check_tied_copies(self) -> None:
+        """Every copy of a tied weight is bit-identical (raises CheckpointError otherwise)."""
+        mine = []
+        for key, comm in sorted(self.module.tied_comms.items()):
+            for index, attr in enumerate(comm["weight_attr"]):
+                w = self.module._recursive_getattr(comm["module"], attr).detach().float().cpu().contiguous()
+                mine.append(((self.topo.dp_rank, key, index), hashlib.sha256(w.numpy().tobytes()).hexdigest(),
+                             self.topo.rank))
+        seen: dict = {}
+        for rank_list in all_gather_object(mine):
+            for where, digest, rank in rank_list:
+                key = where[1]
+                if seen.setdefault(where, digest) != digest:
+                    raise CheckpointError(f"tied weight {key} differs between pipeline stages after loading "
+                                          f"(rank {rank})")
+
+    # ---------------------------------------------------------------- checkpoints
+    def _meta(self) -> dict:
+        return {**super()._meta(), "pipeline": self.pipe_layout.to_meta()}
+
+    def _universal_aliases(self) -> dict:
+        return self.pipe_layout.plain_names
+
+    def load(self, resume: Resume) -> dict:
+        client = super().load(resume)
+        self.check_tied_copies()
+        return client
+
+
+def build_pipeline_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig,
+                          precision_cfg: PrecisionConfig, optim_cfg: OptimConfig,
+                          schedule_cfg: ScheduleConfig, *, total_steps: int, micro_batch_size: int,
+                          grad_accum: int, topo: Topology, seed: int = 0,
+                          resume: Optional[Resume] = None,
+                          model_inputs: Sequence[str] = MODEL_INPUTS,
+                          dist_timeout: float = 1800.0) -> PipelineEngine:
+    """See parallel.engine.build_engine. `model` must offer `layers()`; its parameters that
+    this rank's stage does not hold are released."""
+    validate(parallel_cfg, precision_cfg, optim_cfg)
+    check_device_dtype(precision_cfg.dtype)
+    stages = parallel_cfg.pipeline_stages
+    if topo.pipeline_stages != stages:
+        raise ValueError(f"topology has {topo.pipeline_stages} pipeline stages, parallel.pipeline_stages={stages}")
+    init_distributed(topo, timeout=dist_timeout)
+    signature = model_signature(model)
+    layout = pipe_layout(model, stages, parallel_cfg.pipeline_partition)
+    load_universal = resume is not None and resume.mode == "universal"
+    if load_universal:
+        prepare_universal(resume.path, topo, aliases=layout.plain_names)
+    own_norm = parallel_cfg.zero_stage == 0 and precision_cfg.dtype == "fp32"
+    config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,
+                             grad_accum, topo.world_size, load_universal=load_universal)
+    if own_norm:
+        config["gradient_clipping"] = 0.0  # clipped in PipelineEngine._optimizer_step instead
+    from deepspeed.runtime.pipe.topology import PipeDataParallelTopology
+
+    ds_topo = PipeDataParallelTopology(num_pp=stages, num_dp=topo.dp_size)
+    coord = ds_topo.get_coord(topo.rank)
+    if (coord.pipe, coord.data) != (topo.pp_rank, topo.dp_rank):
+        raise RuntimeError(f"rank {topo.rank}: DeepSpeed places it at stage {coord.pipe}, replica {coord.data}; "
+                           f"Topology says {topo.pp_rank}, {topo.dp_rank}")
+    stage_loss = StageLoss(loss_fn)
+    module = build_pipeline_module(model, layout, ds_topo, stage_loss,
+                                   gradient_checkpointing=bool(getattr(model, "gradient_checkpointing", False)))
+    import deepspeed
+
+    def make_scheduler(optimizer):
+        return build_scheduler(optimizer, schedule_cfg, total_steps)
+
+    if uses_client_optimizer(optim_cfg):
+        optimizer, params = build_optimizer(module, optim_cfg), None
+    else:
+        optimizer = None
+        params = [{k: v for k, v in g.items() if k != "adapt"}
+                  for g in param_groups(module, optim_cfg.weight_decay)]
+    ds_engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=params,
+                                              lr_scheduler=make_scheduler, config=config)
+    return PipelineEngine(ds_engine, loss_fn, stage_loss=stage_loss, pipe_layout=layout,
+                          own_clip=float(optim_cfg.grad_clip) if own_norm else 0.0,
+                          topo=topo, parallel_cfg=parallel_cfg, precision_cfg=precision_cfg,
+                          grad_accum=grad_accum, seed=seed, signature=signature,
+                          load_universal=load_universal, model_inputs=model_inputs)
