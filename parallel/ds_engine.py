@@ -152,19 +152,27 @@ def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Para
         prepare_universal(resume.path, topo)
     config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,
                              grad_accum, topo.world_size, load_universal=load_universal)
+    ds_engine = initialize_deepspeed(model, config, optim_cfg, schedule_cfg, total_steps)
+    return DeepSpeedEngine(ds_engine, loss_fn, topo=topo, parallel_cfg=parallel_cfg,
+                           precision_cfg=precision_cfg, grad_accum=grad_accum, seed=seed,
+                           signature=signature, load_universal=load_universal, model_inputs=model_inputs)
+
+
+def initialize_deepspeed(module: nn.Module, config: dict, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig,
+                         total_steps: int):
+    """deepspeed.initialize with our optimizer (a client one, or parameter groups for DeepSpeed's
+    own) and schedule; the plain and the pipeline engine both start here."""
     import deepspeed
 
     def make_scheduler(optimizer):
         return build_scheduler(optimizer, schedule_cfg, total_steps)
 
     if uses_client_optimizer(optim_cfg):
-        optimizer, params = build_optimizer(model, optim_cfg), None
+        optimizer, params = build_optimizer(module, optim_cfg), None
     else:
         optimizer = None
         params = [{k: v for k, v in g.items() if k != "adapt"}
-                  for g in param_groups(model, optim_cfg.weight_decay)]
-    ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, model_parameters=params,
+                  for g in param_groups(module, optim_cfg.weight_decay)]
+    ds_engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=params,
                                               lr_scheduler=make_scheduler, config=config)
-    return DeepSpeedEngine(ds_engine, loss_fn, topo=topo, parallel_cfg=parallel_cfg,
-                           precision_cfg=precision_cfg, grad_accum=grad_accum, seed=seed,
-                           signature=signature, load_universal=load_universal, model_inputs=model_inputs)
+    return ds_engine

@@ -35,10 +35,9 @@ from torch import nn
 from .checkpoint import CheckpointError, Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
+from .ds_engine import initialize_deepspeed
 from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, prepare_universal, scalar
-from .optim import build_optimizer, param_groups, uses_client_optimizer
 from .pipe_model import PipeLayout, build_pipeline_module, pipe_layout
-from .schedules import build_scheduler
 from .topology import Topology, all_gather_object, all_reduce_sum, init_distributed
 
 
@@ -325,19 +324,7 @@ def build_pipeline_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Paral
     stage_loss = StageLoss(loss_fn)
     module = build_pipeline_module(model, layout, ds_topo, stage_loss,
                                    gradient_checkpointing=bool(getattr(model, "gradient_checkpointing", False)))
-    import deepspeed
-
-    def make_scheduler(optimizer):
-        return build_scheduler(optimizer, schedule_cfg, total_steps)
-
-    if uses_client_optimizer(optim_cfg):
-        optimizer, params = build_optimizer(module, optim_cfg), None
-    else:
-        optimizer = None
-        params = [{k: v for k, v in g.items() if k != "adapt"}
-                  for g in param_groups(module, optim_cfg.weight_decay)]
-    ds_engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=params,
-                                              lr_scheduler=make_scheduler, config=config)
+    ds_engine = initialize_deepspeed(module, config, optim_cfg, schedule_cfg, total_steps)
     return PipelineEngine(ds_engine, loss_fn, stage_loss=stage_loss, pipe_layout=layout,
                           own_clip=float(optim_cfg.grad_clip) if own_norm else 0.0,
                           topo=topo, parallel_cfg=parallel_cfg, precision_cfg=precision_cfg,

@@ -91,7 +91,7 @@ def _check_export_matches(ckpt: str, run_dir: str, export_dir: str) -> None:
     from omegaconf import OmegaConf
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from launch.rundir import load_run_config
+    from pretrain.train.rundir import load_run_config
     from parallel.checkpoint import consolidate_fp32
     from pretrain.model import ModelConfig, build_model
 

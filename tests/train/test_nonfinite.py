@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from parallel.checkpoint import write_meta
+from parallel.checkpoint import Layout, write_meta
 from pretrain.train.checkpoint_manager import CheckpointManager, step_dir_name
 from pretrain.train.nonfinite import NonFiniteState, Watchdog, spike_ratio
 from pretrain.train.state import TrainState
@@ -23,7 +23,7 @@ class Engine:
     """What the Watchdog and CheckpointManager call on an engine, recorded."""
 
     signature = "sig"
-    layout = SimpleNamespace(world_size=1, zero_stage=0, dtype="fp32", pipeline_stages=1)
+    layout = Layout(world_size=1, zero_stage=0, dtype="fp32")
 
     def __init__(self, finite=True):
         self.finite, self.loaded, self.saved, self.global_step = finite, [], [], 10
