@@ -182,6 +182,9 @@ def write_task(out_dir: str | Path, task: str, fmt: str, train: int, validation:
                seed: int = 0, sources: tuple[str, ...] | None = None) -> dict[str, str]:
     """Write train/validation[/test] files; returns {split: path}. Splits never share a row."""
     rows = build_rows(task, train + validation + test, seed, sources)
+    if len(rows) < train + validation + test:  # never a silently empty or short split
+        raise ValueError(f"demo task {task!r} has {len(rows)} rows on this machine; asked for train={train} + "
+                         f"validation={validation} + test={test}")
     ext = {"conll": "conll"}.get(fmt, fmt)
     splits = {"train": rows[:train], "validation": rows[train:train + validation]}
     if test:

@@ -70,3 +70,11 @@ def test_pairs_are_encoded_as_two_segments(tokenized_pair):
     types = item["token_type_ids"].tolist()
     assert types[0] == 0 and types[-1] == 1 and sorted(set(types)) == [0, 1]
     assert types == sorted(types)  # segment A, then segment B
+
+
+def test_a_demo_task_too_small_for_the_splits_asked_is_one_error_not_an_empty_split(tmp_path):
+    """The topic task has a fixed number of stdlib docstring sentences; asking for more used to
+    write train only and drop the validation file without a word (bench/finetune.py then failed)."""
+    with pytest.raises(ValueError, match=r"demo task 'topic' has \d+ rows on this machine; asked for train=100000"):
+        write_task(tmp_path / "data", "topic", "tsv", 100_000, 600, seed=0)
+    assert not (tmp_path / "data").exists()
