@@ -120,3 +120,18 @@ def test_on_a_cpu_that_emulates_bf16_the_real_probe_picks_fp32_and_warns_for_bf1
     assert bf16.returncode == 0, bf16.stderr
     warnings = [line for line in bf16.stdout.splitlines() if line.startswith("warning: ")]
     assert len(warnings) == 1 and "emulates it" in warnings[0] and "x slower (measured)" in warnings[0]
+
+
+def test_an_engine_combination_that_auto_makes_impossible_is_one_line_at_launch(tmp_path, cpu_ratio, tiny_data):
+    """Validated as `auto`, the pipeline ZeRO-0 config only becomes bf16 at launch, which
+    DeepSpeed's pipeline cannot checkpoint: refused before any rank starts, naming auto's choice."""
+    from launch.preflight import preflight
+
+    cfg = _cfg(tmp_path, "parallel=pipeline", "parallel.zero_stage=0", "cluster.nproc=2", f"data.path={tiny_data}")
+    with pytest.raises(ConfigError) as e:
+        preflight(cfg)
+    message = str(e.value)
+    assert "\n" not in message and "zero_stage=1" in message and "precision=auto chose bf16" in message
+    cpu_ratio["ratio"] = 0.01  # where auto picks fp32 the same config is fine
+    assert preflight(_cfg(tmp_path, "parallel=pipeline", "parallel.zero_stage=0", "cluster.nproc=2",
+                          f"data.path={tiny_data}"))[0].startswith("precision: fp32")
