@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 

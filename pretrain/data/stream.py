@@ -17,7 +17,6 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Optional
 
-import numpy as np
 import torch
 import webdataset as wds
 

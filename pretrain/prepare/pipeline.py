@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 
 from pretrain.prepare import encode
 from pretrain.prepare.config import PrepareConfig, PrepareError, config_dict, config_hash
-from pretrain.prepare.readers import EMPTY_DOCUMENT, InputFile, Record, expand_inputs, read_records
+from pretrain.prepare.readers import EMPTY_DOCUMENT, InputFile, expand_inputs, read_records
 from pretrain.prepare.tokenizer import is_lowercase, load_tokenizer, train_tokenizer
 from pretrain.prepare.writer import BucketSpill, bucket_of, is_valid, number_of_shards, write_shards
 from pretrain.shardformat import MANIFEST_FORMAT, MANIFEST_NAME, SPECIAL_TOKENS, TOKENIZER_NAME, tokenizer_fingerprint

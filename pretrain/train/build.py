@@ -1,7 +1,6 @@
 """Small builders that map the config to objects (mosaic-bert style), plus resume wiring."""
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable

@@ -1,7 +1,6 @@
 """Export a run's newest complete checkpoint as consolidated fp32 weights in Hugging Face format."""
 from __future__ import annotations
 
-import os
 
 from omegaconf import OmegaConf
 
