@@ -17,7 +17,7 @@ from torch import nn
 from .checkpoint import Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
-from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, prepare_universal, scalar
+from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
 from .optim import build_optimizer, param_groups, uses_client_optimizer
 from .schedules import build_scheduler
 from .topology import Topology, all_reduce_sum, init_distributed
@@ -37,16 +37,6 @@ class DeepSpeedEngine(Engine):
         if self._loss_takes_sentence_norm:
             return self.loss_fn(out, batch, mlm_norm, sentence_normalizer=sent_norm)
         return self.loss_fn(out, batch, mlm_norm)
-
-    def _global_counts(self, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = torch.zeros(2, dtype=torch.float64, device=self.topo.device)
-        for b in batches:
-            counts[0] += (b["labels"] != IGNORE).sum()
-            if "sentence_label" in b:
-                counts[1] += (b["sentence_label"] != IGNORE).sum()
-        all_reduce_sum(counts)
-        counts = counts.clamp_min(1.0).float()
-        return counts[0], counts[1]
 
     def _module_grad_norm(self) -> torch.Tensor:
         """Norm of the (already rank-averaged, pre-clipping) gradients after the last backward."""
@@ -71,7 +61,7 @@ class DeepSpeedEngine(Engine):
             raise ValueError(f"train_step got {len(micro_batches)} micro-batches, "
                              f"expected grad_accum={self.grad_accum}")
         batches = [self._to_device(b) for b in micro_batches]
-        mlm_norm, sent_norm = self._global_counts(batches)
+        mlm_norm, sent_norm = global_label_counts(batches, self.topo.device)
         step, lr = self.global_step, self.lr
         skipped_before = int(getattr(self.ds, "skipped_steps", 0))
         self.ds.train()

@@ -32,7 +32,7 @@ from torch import nn
 from . import checkpoint as ckpt
 from .checkpoint import CheckpointError, Layout, Resume
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
-from .topology import Topology, all_gather_object, barrier
+from .topology import Topology, all_gather_object, all_reduce_sum, barrier
 from .update_guard import UpdateGuard, all_finite, everywhere
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
@@ -44,6 +44,21 @@ def dropout_seed(seed: int, step: int, micro: int, rank: int) -> int:
     """Deterministic per-(seed, step, micro-batch, rank) seed: resume replays the same dropout."""
     digest = hashlib.sha256(f"{seed}:{step}:{micro}:{rank}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def global_label_counts(batches: list[dict], device: torch.device, count_here: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked-token and sentence-label counts of the whole step, summed over every rank (the
+    loss normalisers). `count_here=False`: this rank's batches are counted by another rank (later
+    pipeline stages see their replica's batches too), it only joins the all-reduce."""
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    if count_here:
+        for b in batches:
+            counts[0] += (b["labels"] != IGNORE).sum()
+            if "sentence_label" in b:
+                counts[1] += (b["sentence_label"] != IGNORE).sum()
+    all_reduce_sum(counts)
+    counts = counts.clamp_min(1.0).float()
+    return counts[0], counts[1]
 
 
 def scalar(value: Any) -> float:

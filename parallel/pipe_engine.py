@@ -36,7 +36,7 @@ from .checkpoint import CheckpointError, Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
 from .ds_engine import initialize_deepspeed
-from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, prepare_universal, scalar
+from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
 from .pipe_model import PipeLayout, build_pipeline_module, pipe_layout
 from .topology import Topology, all_gather_object, all_reduce_sum, init_distributed
 
@@ -153,17 +153,6 @@ class PipelineEngine(Engine):
             sent = b["sentence_label"] if self.stage_loss.has_sentence else torch.zeros(1, dtype=torch.long)
             yield inputs, (sent,)
 
-    def _global_counts(self, batches: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = torch.zeros(2, dtype=torch.float64, device=self.topo.device)
-        if self.is_first:  # every stage of a replica has the same batches: count them once
-            for b in batches:
-                counts[0] += (b["labels"] != IGNORE).sum()
-                if "sentence_label" in b:
-                    counts[1] += (b["sentence_label"] != IGNORE).sum()
-        all_reduce_sum(counts)
-        counts = counts.clamp_min(1.0).float()
-        return counts[0], counts[1]
-
     def _check_shape(self, batches: list[dict]) -> None:
         for b in batches:
             shape = tuple(b["input_ids"].shape)
@@ -192,7 +181,7 @@ class PipelineEngine(Engine):
                              f"expected grad_accum={self.grad_accum}")
         self._check_shape(micro_batches)
         batches = [self._to_device(b) for b in micro_batches]
-        mlm_norm, sent_norm = self._global_counts(batches)
+        mlm_norm, sent_norm = global_label_counts(batches, self.topo.device, count_here=self.is_first)
         step, lr = self.global_step, self.lr
         skipped_before = int(getattr(self.ds, "skipped_steps", 0))
         self._step, self._micro = step, 0

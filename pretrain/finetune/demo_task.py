@@ -15,18 +15,16 @@ writes train/validation/test files in the chosen format (tsv, csv, jsonl, parque
 from __future__ import annotations
 
 import argparse
-import ast
 import csv
 import json
 import os
 import random
 import re
 import sysconfig
-import warnings
 from pathlib import Path
 from typing import Iterator
 
-from pretrain.prepare.demo_corpus import _clean, stdlib_docstring_documents, topic_documents
+from pretrain.prepare.demo_corpus import docstrings, stdlib_docstring_documents, topic_documents
 from pretrain.prepare.sentences import split_sentences
 
 LICENSES = "/usr/share/common-licenses"
@@ -68,23 +66,7 @@ def license_documents() -> Iterator[str]:
 
 def package_docstrings(package: str) -> Iterator[str]:
     """Docstrings of one stdlib package, read with ast (no imports, no side effects)."""
-    root = os.path.join(sysconfig.get_paths()["stdlib"], package)
-    for dirpath, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if d not in ("test", "tests", "__pycache__"))
-        for name in sorted(n for n in names if n.endswith(".py")):
-            try:
-                with open(os.path.join(dirpath, name), encoding="utf-8") as f, warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    tree = ast.parse(f.read())
-            except (OSError, SyntaxError, UnicodeDecodeError, ValueError):
-                continue
-            for node in ast.walk(tree):
-                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-                    doc = ast.get_docstring(node)
-                    if doc:
-                        text = _clean(doc)
-                        if len(text) >= 30:
-                            yield text
+    yield from docstrings(os.path.join(sysconfig.get_paths()["stdlib"], package), min_chars=30)
 
 
 def is_code_word(word: str) -> bool:

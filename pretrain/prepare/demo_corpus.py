@@ -43,15 +43,16 @@ def topic_documents() -> Iterator[str]:
             yield text
 
 
-def stdlib_docstring_documents() -> Iterator[str]:
-    stdlib = sysconfig.get_paths()["stdlib"]
-    for root, dirs, names in os.walk(stdlib):
+def docstrings(root: str, min_chars: int = 40) -> Iterator[str]:
+    """Cleaned docstrings (modules, classes, functions) of the .py files under `root`, in sorted
+    order, read with ast (no imports); test, tool and hidden directories skipped."""
+    for dirpath, dirs, names in os.walk(root):
         dirs[:] = sorted(d for d in dirs if d not in _SKIP_DIRS and not d.startswith("."))
         for name in sorted(names):
             if not name.endswith(".py"):
                 continue
             try:
-                with open(os.path.join(root, name), encoding="utf-8") as f:
+                with open(os.path.join(dirpath, name), encoding="utf-8") as f:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         tree = ast.parse(f.read())
@@ -60,10 +61,14 @@ def stdlib_docstring_documents() -> Iterator[str]:
             for node in ast.walk(tree):
                 if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
                     doc = ast.get_docstring(node)
-                    if doc and len(doc) >= 40:
+                    if doc and len(doc) >= min_chars:  # _clean only shortens: skip it for short ones
                         text = _clean(doc)
-                        if len(text) >= 40:
+                        if len(text) >= min_chars:
                             yield text
+
+
+def stdlib_docstring_documents() -> Iterator[str]:
+    yield from docstrings(sysconfig.get_paths()["stdlib"])
 
 
 def demo_documents() -> Iterator[str]:
