@@ -186,7 +186,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sources", default=None, help="source/pair: comma-separated subset of reference,docstring,license")
     a = p.parse_args(argv)
     sources = tuple(a.sources.split(",")) if a.sources else None
-    for split, path in write_task(a.out_dir, a.task, a.format, a.train, a.validation, a.test, a.seed, sources).items():
+    try:
+        files = write_task(a.out_dir, a.task, a.format, a.train, a.validation, a.test, a.seed, sources)
+    except ValueError as e:  # too few rows, unknown source or format: one line, exit 2
+        p.error(str(e))
+    for split, path in files.items():
         print(f"{split}: {path}")
 
 

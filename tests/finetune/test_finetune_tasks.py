@@ -78,3 +78,8 @@ def test_a_demo_task_too_small_for_the_splits_asked_is_one_error_not_an_empty_sp
     with pytest.raises(ValueError, match=r"demo task 'topic' has \d+ rows on this machine; asked for train=100000"):
         write_task(tmp_path / "data", "topic", "tsv", 100_000, 600, seed=0)
     assert not (tmp_path / "data").exists()
+    from pretrain.finetune.demo_task import main
+
+    with pytest.raises(SystemExit) as e:
+        main([str(tmp_path / "cli"), "--task", "topic", "--train", "100000"])
+    assert e.value.code == 2 and not (tmp_path / "cli").exists()
