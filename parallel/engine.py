@@ -35,7 +35,7 @@ from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .topology import Topology, all_gather_object, all_reduce_sum, barrier
 from .update_guard import UpdateGuard, all_finite, everywhere
 
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels")
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids")
 IGNORE = -100
 LossFn = Callable[..., tuple]
 

@@ -144,12 +144,19 @@ class PipelineEngine(Engine):
         self._micro += 1
 
     def _items(self, batches: list[dict]):
+        """(first layer's inputs, loss labels) per micro-batch: the pipeline form's 5-tuple
+        (input_ids, token_type_ids, attention_mask, position_ids, labels), absent keys filled in
+        (position_ids 0..L-1: one example per row); position_ids and attention_mask travel with
+        the activations, so every stage masks attention per example (packed rows too)."""
         for b in batches:
             ids = b["input_ids"]
             tt = b.get("token_type_ids")
             mask = b.get("attention_mask")
+            pos = b.get("position_ids")
+            if pos is None:
+                pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids).contiguous()
             inputs = (ids, torch.zeros_like(ids) if tt is None else tt,
-                      torch.ones_like(ids) if mask is None else mask, b["labels"])
+                      torch.ones_like(ids) if mask is None else mask, pos, b["labels"])
             sent = b["sentence_label"] if self.stage_loss.has_sentence else torch.zeros(1, dtype=torch.long)
             yield inputs, (sent,)
 

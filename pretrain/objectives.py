@@ -20,6 +20,18 @@ from pretrain.model.heads import IGNORE_INDEX, PretrainingOutput
 STAT_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct", "sentence_count")
 
 
+def sentence_targets(out: PretrainingOutput, sentence_label: torch.Tensor) -> torch.Tensor:
+    """The labels of the examples whose logits `out.sentence_logits` holds, in their order: a [B]
+    label vector as it is (one example per row), a [B, L] one (packed rows) read at the examples'
+    first tokens, `out.sentence_index`."""
+    if sentence_label.dim() == 1:
+        return sentence_label
+    if out.sentence_index is None:
+        raise ValueError("a [B, L] sentence_label (packed rows) needs the model's sentence_index: "
+                         "give the model the batch's position_ids")
+    return sentence_label.reshape(-1).index_select(0, out.sentence_index)
+
+
 def pretraining_loss(
     out: PretrainingOutput, batch: dict, mlm_normalizer: float | torch.Tensor, cfg: ObjectiveConfig,
     sentence_normalizer: float | torch.Tensor | None = None,
@@ -32,7 +44,8 @@ def pretraining_loss(
     this micro-batch's own count (a plain mean).
 
     out: the model output with sparse logits (mlm_logits [n, V], mlm_labels [n]).
-    batch: needs "sentence_label" [B] when the model has a sentence head.
+    batch: needs "sentence_label" when the model has a sentence head: [B] (one example per row)
+    or [B, L] (packed rows: each example's label at its first token; see `sentence_targets`).
     Cross-entropies run in fp32 (logits upcast) whatever the autocast dtype.
     Returns (scalar loss tensor, stats) with stats = python float *sums* over this micro-batch
     (keys STAT_KEYS); accuracy = correct / count after summing across ranks and micro-steps.
@@ -50,7 +63,7 @@ def pretraining_loss(
     sentence_loss_sum = sentence_correct = sentence_count = torch.zeros((), device=mlm_logits.device)
     if out.sentence_logits is not None and cfg.sentence_task != "none" and "sentence_label" in batch:
         s_logits = out.sentence_logits.float()
-        s_labels = batch["sentence_label"].to(s_logits.device)
+        s_labels = sentence_targets(out, batch["sentence_label"].to(s_logits.device))
         sentence_loss_sum = F.cross_entropy(s_logits, s_labels, ignore_index=IGNORE_INDEX, reduction="sum")
         with torch.no_grad():
             s_valid = s_labels != IGNORE_INDEX

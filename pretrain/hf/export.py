@@ -2,8 +2,9 @@
 
 The exported directory loads with no custom code:
 `AutoModelForMaskedLM.from_pretrained(d)`, `AutoTokenizer.from_pretrained(d)`,
-`pipeline("fill-mask", model=d)`, and `BertForPreTraining`/`AlbertForPreTraining` with both heads.
-Our tokenizer is WordPiece for both architectures, so ALBERT exports also use BertTokenizerFast
+`pipeline("fill-mask", model=d)`; BERT/ALBERT exports are `BertForPreTraining`/`AlbertForPreTraining`
+with both heads, ModernBERT exports `ModernBertForMaskedLM` (which has no sentence head).
+Our tokenizer is WordPiece for every architecture, so every export uses BertTokenizerFast
 (tokenizer_config.json names the class explicitly, otherwise AutoTokenizer would pick ALBERT's
 SentencePiece tokenizer from model_type).
 """
@@ -18,7 +19,7 @@ from torch import nn
 from pretrain.model.config import ModelConfig
 from pretrain.model.pretraining import PretrainingModel, build_model
 
-from .convert import ExportError, from_hf_config, load_hf_state_dict, to_hf_config, to_hf_state_dict
+from .convert import ExportError, converter, converter_for, from_hf_config, load_hf_state_dict, to_hf_state_dict
 
 __all__ = ["ExportError", "RUN_OPTIONS", "continued_config", "export_hf", "hf_model_config",
            "load_hf_pretrained", "save_tokenizer", "shape_differences", "to_hf_model"]
@@ -27,24 +28,19 @@ __all__ = ["ExportError", "RUN_OPTIONS", "continued_config", "export_hf", "hf_mo
 # regularisation, memory, which sentence head to train, where it came from. Every other
 # ModelConfig field is the pretrained model's own (its shape and architecture) and comes from
 # the HF directory's config.json.
-RUN_OPTIONS = ("hidden_dropout", "attention_dropout", "sentence_head", "gradient_checkpointing", "init_from")
+RUN_OPTIONS = ("hidden_dropout", "attention_dropout", "sentence_head", "gradient_checkpointing", "init_from",
+               "unpad", "attention_backend")
 
 SPECIAL_TOKENS = dict(unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]", cls_token="[CLS]", mask_token="[MASK]")
 
 
-def to_hf_model(model: nn.Module, cfg: ModelConfig):
-    """An HF BertForPreTraining / AlbertForPreTraining (eval mode, fp32) holding our weights."""
-    from transformers import AlbertForPreTraining, BertForPreTraining
-
-    cls = BertForPreTraining if cfg.arch == "bert" else AlbertForPreTraining
-    hf = cls(to_hf_config(cfg))
+def to_hf_model(model: nn.Module, cfg: ModelConfig, special_ids: dict | None = None):
+    """The transformers model (eval mode, fp32) holding our weights: Bert/AlbertForPreTraining or
+    ModernBertForMaskedLM (the registry's converter decides)."""
+    conv = converter(cfg.arch)
+    hf = conv.export_class(cfg)(conv.to_hf_config(cfg, special_ids))
     missing, unexpected = hf.load_state_dict({k: v.float() for k, v in to_hf_state_dict(model).items()}, strict=False)
-    # Only HF bookkeeping buffers (e.g. position_ids) or an absent sentence head may be missing;
-    # without a sentence head (sentence_head=none) there is no pooler either: HF keeps its init.
-    headless = cfg.sentence_head == "none"
-    bad = [k for k in missing if not (k.endswith("position_ids") or k.endswith("token_type_ids")
-                                      or "seq_relationship" in k or "sop_classifier" in k
-                                      or (headless and ".pooler." in k))]
+    bad = [k for k in missing if not conv.allowed_missing(k, cfg)]
     if bad or unexpected:
         raise KeyError(f"HF conversion mismatch: missing={bad} unexpected={unexpected}")
     return hf.eval()
@@ -80,14 +76,18 @@ def save_tokenizer(tokenizer_file: str | Path, out_dir: str | Path):
 
 def export_hf(model: nn.Module, cfg: ModelConfig, tokenizer_file: str | Path, out_dir: str | Path) -> Path:
     """Write `out_dir` with model.safetensors (ties handled by save_pretrained), config.json
-    (architectures Bert/AlbertForPreTraining) and tokenizer files. Returns out_dir."""
+    (architectures from the converter) and tokenizer files. Returns out_dir."""
     from tokenizers import Tokenizer
 
     if Path(tokenizer_file).is_file() and Tokenizer.from_file(str(tokenizer_file)).get_vocab_size() > cfg.vocab_size:
         raise ExportError(f"tokenizer {str(tokenizer_file)!r} has more tokens than model.vocab_size={cfg.vocab_size}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    hf = to_hf_model(model, cfg)
+    special = None
+    if Path(tokenizer_file).is_file():
+        raw = Tokenizer.from_file(str(tokenizer_file))
+        special = {"cls": raw.token_to_id(SPECIAL_TOKENS["cls_token"]), "sep": raw.token_to_id(SPECIAL_TOKENS["sep_token"])}
+    hf = to_hf_model(model, cfg, special)
     hf.config.tokenizer_class = "BertTokenizerFast"
     hf.save_pretrained(str(out_dir), safe_serialization=True)
     save_tokenizer(tokenizer_file, out_dir)
@@ -95,7 +95,8 @@ def export_hf(model: nn.Module, cfg: ModelConfig, tokenizer_file: str | Path, ou
 
 
 def hf_model_config(path: str | Path) -> ModelConfig:
-    """The ModelConfig of an HF BERT/ALBERT directory, from its config.json alone (no weights read)."""
+    """The ModelConfig of an HF directory of a registered architecture, from its config.json alone
+    (no weights read)."""
     from transformers import AutoConfig
 
     path = Path(path)
@@ -116,15 +117,15 @@ def continued_config(run: ModelConfig, pretrained: ModelConfig) -> ModelConfig:
 
 
 def load_hf_pretrained(path: str | Path, cfg: ModelConfig | None = None) -> tuple[PretrainingModel, ModelConfig]:
-    """Our model + config from an HF BERT/ALBERT directory (ours or any Bert/AlbertForPreTraining
-    or *ForMaskedLM checkpoint; a missing sentence head is freshly initialised). Used for
-    continued pretraining (ModelConfig.init_from).
+    """Our model + config from an HF directory of a registered architecture (ours, or any
+    Bert/AlbertForPreTraining, *ForMaskedLM or ModernBertForMaskedLM checkpoint; a missing sentence
+    head is freshly initialised). Used for continued pretraining (ModelConfig.init_from).
 
     With `cfg` (the run's effective model config, continued_config at launch) the model is built
     from it, so the run's dropout / gradient checkpointing / sentence head apply; a shape that
     differs from the directory's is one ExportError naming the key.
     """
-    from transformers import AlbertForPreTraining, BertForPreTraining
+    from transformers import AutoConfig
 
     loaded = hf_model_config(path)
     if cfg is not None:
@@ -134,8 +135,8 @@ def load_hf_pretrained(path: str | Path, cfg: ModelConfig | None = None) -> tupl
             raise ExportError(f"model.{key}={ours!r} but model.init_from={str(path)!r} has {key}={theirs!r}; "
                               "with init_from the model's shape is the directory's")
         loaded = ModelConfig(**asdict(cfg))
-    cls = BertForPreTraining if loaded.arch == "bert" else AlbertForPreTraining
-    hf = cls.from_pretrained(str(path))
+    model_type = AutoConfig.from_pretrained(str(path)).model_type
+    hf = converter_for(model_type).import_class(model_type).from_pretrained(str(path))
     model = build_model(loaded)
     load_hf_state_dict(model, hf.state_dict())
     return model, loaded

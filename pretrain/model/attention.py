@@ -1,40 +1,192 @@
-"""Multi-head self-attention with a fused QKV projection and SDPA (post-LN residual block)."""
+"""Attention over rows that may hold several examples: padded (masked) or unpadded (varlen).
+
+An `AttentionContext` is built once per forward from the batch's `attention_mask` (1 = real
+token) and `position_ids` (0 at each example's first token); every layer asks it to attend.
+Two layouts of the hidden states ("token-major": heads and head_dim last):
+  padded    [B, L, ...]  every position computed; a boolean mask keeps attention inside each
+                         example (and inside the local window); pads attend to the real tokens
+                         of their row (as transformers does), so pad outputs stay finite.
+  unpadded  [T, ...]     only the T real tokens (row-major), sequences delimited by cu_seqlens
+                         (the layout of FlashAttention's varlen kernel). Linears, norms and the
+                         MLM gather then skip the pads; attention runs
+                           flash: flash_attn_varlen_func (CUDA, flash_attn installed), or
+                           sdpa:  scattered back to [B, L] for one masked SDPA call and gathered
+                                  again, because torch has no varlen SDPA on CPU (nested tensors
+                                  measured slower: docs/benchmarks.md "Unpadded attention").
+Rotary embeddings (cos, sin) for a theta are computed once per context, in the same layout.
+"""
 from __future__ import annotations
+
+import functools
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from .config import ModelConfig
+BACKENDS = ("auto", "sdpa", "flash")
 
 
-class SelfAttention(nn.Module):
-    """x -> LayerNorm(x + dropout(out(attention(x)))) as in BERT/ALBERT (post-LN).
+@functools.lru_cache(maxsize=None)
+def flash_varlen():
+    """flash_attn's varlen kernel, or None where it is not installed (an optional extra)."""
+    try:
+        from flash_attn import flash_attn_varlen_func
+    except Exception:  # noqa: BLE001 - ImportError, or a build for another CUDA/torch
+        return None
+    return flash_attn_varlen_func
 
-    `qkv` is one Linear of width 3*hidden (rows: query, key, value) so the three projections are
-    one matmul; conversion to HF splits/concatenates it along dim 0.
 
-    x: [B, L, H]; key_mask: [B, 1, 1, L] bool (True = attend) or None. Returns [B, L, H].
+def resolve_backend(name: str, unpad: bool, device: torch.device) -> str:
+    """The kernel a context of this device uses: "flash" only on CUDA with flash_attn, unpadded."""
+    if name not in BACKENDS:
+        raise ValueError(f"model.attention_backend={name!r}: expected one of {BACKENDS}")
+    if name == "sdpa" or not unpad or device.type != "cuda":
+        if name == "flash" and (not unpad or device.type != "cuda"):
+            raise ValueError("model.attention_backend=flash needs model.unpad=true and a CUDA device")
+        return "sdpa"
+    if flash_varlen() is None:
+        if name == "flash":
+            raise ValueError("model.attention_backend=flash: flash_attn is not installed "
+                             "(pip install 'bert-pretrain[flash]'), or use auto/sdpa")
+        return "sdpa"
+    return "flash"
+
+
+def default_positions(input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, L] positions 0..L-1 of rows that hold one example each."""
+    b, l = input_ids.shape[:2]
+    return torch.arange(l, device=input_ids.device).expand(b, l)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class AttentionContext:
+    """What every layer of one forward shares: the layout, the masks, the rotary tables.
+
+    attention_mask, position_ids: [B, L] int (position_ids None = one example per row).
+    unpad: flatten to the real tokens. packed: rows may hold several examples (position_ids
+    given); when False and no local window is asked for, the padded path uses a key mask only.
     """
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        if cfg.hidden_size % cfg.num_heads:
-            raise ValueError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
-        self.num_heads = cfg.num_heads
-        self.head_dim = cfg.hidden_size // cfg.num_heads
-        self.qkv = nn.Linear(cfg.hidden_size, 3 * cfg.hidden_size)
-        self.out = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
-        self.attention_dropout = cfg.attention_dropout
+    def __init__(self, attention_mask: Optional[torch.Tensor], position_ids: Optional[torch.Tensor],
+                 input_ids: torch.Tensor, *, unpad: bool, backend: str = "auto"):
+        """input_ids: any [B, L] tensor of the batch (for its shape and device)."""
+        b, l = input_ids.shape[:2]
+        device = input_ids.device
+        self.shape = (b, l)
+        self.packed = position_ids is not None
+        self.valid = (torch.ones((b, l), dtype=torch.bool, device=device) if attention_mask is None
+                      else attention_mask.to(device).bool())
+        self.positions = default_positions(input_ids) if position_ids is None else position_ids.to(device)
+        starts = (self.positions == 0) & self.valid if self.packed else None
+        # Example index per token (1-based within a row, 0 on padding): the block-diagonal mask.
+        if self.packed:
+            self.seq_id = torch.cumsum(starts.long(), dim=1) * self.valid
+        else:
+            self.seq_id = self.valid.long()
+        self.starts = starts
+        self.unpadded = bool(unpad)
+        self.backend = resolve_backend(backend, self.unpadded, device)
+        self._masks: dict = {}
+        self._rotary: dict = {}
+        self.indices = self.cu_seqlens = None
+        self.max_seqlen = l
+        if self.unpadded:
+            flat_valid = self.valid.reshape(-1)
+            self.indices = flat_valid.nonzero().squeeze(1)          # [T] into B*L, row-major
+            seq = self.seq_id.reshape(-1)[self.indices]
+            row = self.indices // l
+            first = torch.ones_like(seq, dtype=torch.bool)
+            first[1:] = (seq[1:] != seq[:-1]) | (row[1:] != row[:-1])
+            bounds = first.nonzero().squeeze(1)
+            total = torch.tensor([self.indices.numel()], device=device, dtype=bounds.dtype)
+            self.cu_seqlens = torch.cat([bounds, total]).to(torch.int32)
+            if self.backend == "flash":
+                self.max_seqlen = int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max())
 
-    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
-        b, l, h = x.shape
-        # [B, L, 3, heads, d] -> three [B, heads, L, d] strided views, no copy.
-        q, k, v = self.qkv(x).view(b, l, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        ctx = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=key_mask, dropout_p=self.attention_dropout if self.training else 0.0
-        )
-        ctx = ctx.transpose(1, 2).reshape(b, l, h)
-        return self.norm(x + self.dropout(self.out(ctx)))
+    # ------------------------------------------------------------------ layout
+    def token_positions(self) -> torch.Tensor:
+        """Positions in the layout of the hidden states: [B, L] or [T]."""
+        return self.positions.reshape(-1)[self.indices] if self.unpadded else self.positions
+
+    def to_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A [B, L, ...] tensor in this context's layout ([T, ...] when unpadded)."""
+        if not self.unpadded:
+            return x
+        return x.reshape(-1, *x.shape[2:]).index_select(0, self.indices)
+
+    def to_padded(self, x: torch.Tensor) -> torch.Tensor:
+        """Hidden states of this layout as [B, L, ...] (zeros at the pads when unpadded)."""
+        if not self.unpadded:
+            return x
+        b, l = self.shape
+        out = x.new_zeros((b * l, *x.shape[1:])).index_copy(0, self.indices, x)
+        return out.view(b, l, *x.shape[1:])
+
+    def example_starts(self) -> torch.Tensor:
+        """Flat indices into [B*L] of every example's first token, row-major."""
+        if self.unpadded:
+            return self.indices.index_select(0, self.cu_seqlens[:-1].long())
+        starts = self.starts if self.packed else self.valid & (torch.cumsum(self.valid.long(), 1) == 1)
+        return starts.reshape(-1).nonzero().squeeze(1)
+
+    # ------------------------------------------------------------------ masks
+    def mask(self, window: Optional[int]) -> torch.Tensor:
+        """Boolean SDPA mask of the padded layout: [B, 1, 1, L] (one example per row, global) or
+        [B, 1, L, L]; `window` = a local window of that many tokens (|i - j| <= window // 2)."""
+        key = window or 0
+        if key not in self._masks:
+            if not self.packed and not window:
+                self._masks[key] = self.valid[:, None, None, :]
+            else:
+                same = self.seq_id[:, :, None] == self.seq_id[:, None, :]
+                allowed = same & self.valid[:, None, :]
+                if window:
+                    l = self.shape[1]
+                    idx = torch.arange(l, device=self.valid.device)
+                    allowed = allowed & ((idx[:, None] - idx[None, :]).abs() <= window // 2)[None]
+                pad_query = ~self.valid[:, :, None]
+                # Pads see their row's real tokens and themselves (never an empty row: no NaN).
+                eye = torch.eye(self.shape[1], dtype=torch.bool, device=self.valid.device)[None]
+                allowed = allowed | (pad_query & self.valid[:, None, :]) | (pad_query & eye)
+                self._masks[key] = allowed[:, None]
+        return self._masks[key]
+
+    # ------------------------------------------------------------------ rotary
+    def rotary(self, theta: float, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin) fp32, [..., head_dim] in this layout, for rotary positions with `theta`."""
+        key = (float(theta), head_dim)
+        if key not in self._rotary:
+            pos = self.token_positions().float()
+            inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32)
+                                        / head_dim))
+            freqs = pos[..., None] * inv_freq
+            emb = torch.cat((freqs, freqs), dim=-1)
+            self._rotary[key] = (emb.cos(), emb.sin())
+        return self._rotary[key]
+
+    # ------------------------------------------------------------------ attention
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, window: Optional[int],
+               dropout_p: float) -> torch.Tensor:
+        """q, k, v: [..., heads, d] in this layout -> the attention output in the same shape."""
+        if self.unpadded and self.backend == "flash" and q.dtype in (torch.float16, torch.bfloat16):
+            r = window // 2 if window else -1
+            return flash_varlen()(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen,
+                                  dropout_p=dropout_p, causal=False, window_size=(r, r))
+        if self.unpadded:
+            q, k, v = (self.to_padded(t) for t in (q, k, v))
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=self.mask(window), dropout_p=dropout_p)
+        out = out.transpose(1, 2)
+        return self.to_layout(out) if self.unpadded else out
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding of x [..., heads, d] with cos/sin [..., d] (computed in fp32, as
+    transformers' ModernBERT does, then cast back to x's dtype)."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
+    xf = x.float()
+    return (xf * cos + rotate_half(xf) * sin).to(x.dtype)

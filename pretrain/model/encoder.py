@@ -1,59 +1,41 @@
-"""One transformer encoder layer (attention + feed-forward, post-LN) in pipeline-tuple form."""
+"""The stack of encoder layers (any architecture) and the calling convention layers share."""
 from __future__ import annotations
+
+from typing import Optional
 
 from torch import nn
 
-from .activations import activation
-from .attention import SelfAttention
-from .config import ModelConfig
+from .attention import AttentionContext
 
 
 class EncoderLayer(nn.Module):
-    """(hidden [B,L,H], key_mask, labels) -> (new hidden [B,L,H], key_mask, labels).
+    """Base of every architecture's encoder layer: `block(hidden, ctx)` does the work.
 
-    The mask and labels ride along untouched so a list of these layers composes with the
-    embeddings and heads into the full model (and into DeepSpeed pipeline stages).
+    Called two ways: `layer(hidden, ctx)` by the model (hidden in the context's layout, padded
+    [B,L,H] or unpadded [T,H]), and `layer((hidden [B,L,H], position_ids, attention_mask, labels))`
+    in the pipeline form, where each layer builds its own padded context from the carried ids
+    (DeepSpeed passes only tensors between stages) and returns the same 4-tuple.
     """
 
-    def __init__(self, cfg: ModelConfig):
-        super().__init__()
-        self.attention = SelfAttention(cfg)
-        self.ffn_in = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
-        self.act = activation(cfg.hidden_act)
-        self.ffn_out = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
-        self.ffn_norm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.dropout = nn.Dropout(cfg.hidden_dropout)
+    def block(self, hidden, ctx: AttentionContext):
+        raise NotImplementedError
 
-    def forward(self, inputs):
-        x, key_mask, labels = inputs
-        x = self.attention(x, key_mask)
-        x = self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
-        return x, key_mask, labels
+    def forward(self, inputs, ctx: Optional[AttentionContext] = None):
+        if ctx is not None:
+            return self.block(inputs, ctx)
+        hidden, position_ids, attention_mask, labels = inputs
+        ctx = AttentionContext(attention_mask, position_ids, hidden, unpad=False)
+        return self.block(hidden, ctx), position_ids, attention_mask, labels
 
 
 class Encoder(nn.Module):
-    """The stack of layers. BERT: `num_layers` distinct layers. ALBERT: `num_hidden_groups`
-    groups of `inner_group_num` layers; layer application i uses group
-    floor(i * groups / num_layers) and runs all its inner layers (HF's AlbertTransformer order).
+    """`layers` (the distinct modules) applied in `order` (indices into layers; ALBERT repeats
+    shared ones). `ordered()` lists the layer applications; a shared module appears several times."""
 
-    `ordered()` lists the layer applications in order; with ALBERT the same module object appears
-    several times (shared weights).
-    """
-
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, layers: list[nn.Module], order: Optional[list[int]] = None):
         super().__init__()
-        self.arch = cfg.arch
-        if cfg.arch == "bert":
-            self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(cfg.num_layers))
-            self._order = list(range(cfg.num_layers))
-        else:
-            groups, inner = cfg.num_hidden_groups, cfg.inner_group_num
-            if not 1 <= groups <= cfg.num_layers:
-                raise ValueError(f"model.num_hidden_groups={groups} must be in [1, num_layers={cfg.num_layers}]")
-            self.layers = nn.ModuleList(EncoderLayer(cfg) for _ in range(groups * inner))
-            self._order = [
-                int(i / (cfg.num_layers / groups)) * inner + j for i in range(cfg.num_layers) for j in range(inner)
-            ]
+        self.layers = nn.ModuleList(layers)
+        self._order = list(range(len(layers))) if order is None else list(order)
 
     def ordered(self) -> list[nn.Module]:
         return [self.layers[i] for i in self._order]

@@ -1,30 +1,39 @@
 """Model FLOPs (for MFU): matmul FLOPs only, 2*m*n*k each, forward+backward = 3x forward.
 
-Counted per sequence of L tokens (H hidden, I intermediate, E embedding width, V vocab,
-N layer applications = num_layers * inner_group_num, M masked positions):
-  ALBERT embedding projection  2*L*E*H
-  per layer                    2*L*H*3H (QKV) + 2*L*L*H (QK^T) + 2*L*L*H (AV) + 2*L*H*H (out)
-                               + 2*2*L*H*I (feed-forward)
+Counted on the real tokens of the examples (H hidden, E embedding width, V vocab, M masked
+positions); the encoder's share is the architecture's own count (`Architecture.encoder_flops`
+in pretrain/model/bert.py, modernbert.py: QKV, attention over each example's own tokens,
+output projection, feed-forward), plus the heads:
   MLM head (M positions only)  2*M*H*E (transform) + 2*M*E*V (tied decoder)
-  sentence head (on [CLS])     2*H*H (pooler) + 2*H*2 (classifier)
+  sentence head (per example)  2*H*H (pooler) + 2*H*2 (classifier)
 Embedding lookups, LayerNorm, softmax, activations and biases are not counted (the usual MFU
-convention, e.g. PaLM/nanoGPT). Padding tokens are counted: the model computes them.
+convention, e.g. PaLM/nanoGPT). Pads are not counted: model FLOPs are what the examples need
+(an unpacked, padded run computes more than it is credited with; `train/fill` says how much).
 """
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from . import registry
 from .config import ModelConfig
+
+
+def forward_flops(cfg: ModelConfig, lengths: Sequence[int], n_masked: float) -> float:
+    """Forward matmul FLOPs for examples of these token `lengths` with `n_masked` MLM positions in all."""
+    H, V = cfg.hidden_size, cfg.vocab_size
+    E = cfg.embedding_size or H
+    encoder = registry.get(cfg.arch).encoder_flops(cfg, lengths)
+    mlm = 2 * n_masked * H * E + 2 * n_masked * E * V
+    sentence = len(lengths) * (2 * H * H + 2 * H * 2) if cfg.sentence_head != "none" else 0
+    return float(encoder + mlm + sentence)
 
 
 def forward_flops_per_sequence(cfg: ModelConfig, seq_len: int, n_masked: float) -> float:
     """Forward matmul FLOPs for one sequence of `seq_len` tokens with `n_masked` MLM positions."""
-    L, H, I, V = seq_len, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    E = cfg.embedding_size or H
-    n_layers = cfg.num_layers * (cfg.inner_group_num if cfg.arch == "albert" else 1)
-    projection = 2 * L * E * H if cfg.arch == "albert" else 0
-    per_layer = 2 * L * H * 3 * H + 2 * 2 * L * L * H + 2 * L * H * H + 2 * 2 * L * H * I
-    mlm = 2 * n_masked * H * E + 2 * n_masked * E * V
-    sentence = (2 * H * H + 2 * H * 2) if cfg.sentence_head != "none" else 0
-    return float(projection + n_layers * per_layer + mlm + sentence)
+    return forward_flops(cfg, [seq_len], n_masked)
 
 
 def flops_per_sequence(cfg: ModelConfig, seq_len: int, n_masked: float) -> float:
@@ -35,7 +44,23 @@ def flops_per_sequence(cfg: ModelConfig, seq_len: int, n_masked: float) -> float
 def flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, n_masked_total: float) -> float:
     """Forward + backward model FLOPs for `batch_size` sequences of `seq_len` with
     `n_masked_total` masked positions over the whole batch (MLM cost is linear in it)."""
-    per_seq_no_mlm = flops_per_sequence(cfg, seq_len, 0)
-    E = cfg.embedding_size or cfg.hidden_size
-    mlm_per_token = 3.0 * (2 * cfg.hidden_size * E + 2 * E * cfg.vocab_size)
-    return batch_size * per_seq_no_mlm + n_masked_total * mlm_per_token
+    return 3.0 * forward_flops(cfg, [seq_len] * batch_size, n_masked_total)
+
+
+def example_lengths(batch: dict) -> np.ndarray:
+    """Token lengths of every example of a batch (CPU tensors; docs/architecture.md "Batches")."""
+    mask = batch["attention_mask"].numpy().astype(bool) if "attention_mask" in batch else \
+        np.ones(tuple(batch["input_ids"].shape), dtype=bool)
+    pos = batch.get("position_ids")
+    if pos is None:
+        return mask.sum(1)
+    starts = (pos.numpy() == 0) & mask
+    seq = np.cumsum(starts, axis=1) + np.arange(mask.shape[0])[:, None] * mask.shape[1]
+    return np.bincount(seq[mask])[np.unique(seq[mask])]
+
+
+def batch_flops(cfg: ModelConfig, batch: dict) -> float:
+    """Forward + backward model FLOPs of one (CPU) batch."""
+    labels = batch["labels"]
+    n_masked = float((labels != -100).sum()) if isinstance(labels, torch.Tensor) else 0.0
+    return 3.0 * forward_flops(cfg, [int(n) for n in example_lengths(batch)], n_masked)

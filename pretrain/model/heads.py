@@ -1,4 +1,4 @@
-"""Last stage of the ordered-layer form: the MLM head (sparse) and the SOP/NSP head."""
+"""Last stage of the ordered-layer form: the final norm, the MLM head (sparse) and the SOP/NSP head."""
 from __future__ import annotations
 
 from typing import NamedTuple, Optional
@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from .activations import activation
+from .attention import AttentionContext
 from .config import ModelConfig
 
 IGNORE_INDEX = -100
@@ -18,27 +19,32 @@ class PretrainingOutput(NamedTuple):
 
     mlm_logits: [n_masked, V] at positions where labels != -100 (row-major over [B, L]),
     or [B, L, V] when all positions were requested. mlm_labels: [n_masked] (or [B, L] / None
-    alongside all-position logits). sentence_logits: [B, 2] or None (sentence_head="none")."""
+    alongside all-position logits). sentence_logits: one row per example: [B, 2] when each row
+    holds one example, [n_examples, 2] for packed rows (row-major order of their first tokens),
+    or None (sentence_head="none"). sentence_index: None, or (packed rows, and always in the
+    pipeline form) the flat indices into [B*L] of the examples whose logits these are, so the
+    objective picks their labels from a [B, L] `sentence_label`."""
 
     mlm_logits: torch.Tensor
     mlm_labels: Optional[torch.Tensor]
     sentence_logits: Optional[torch.Tensor]
+    sentence_index: Optional[torch.Tensor] = None
 
 
 class MLMHead(nn.Module):
     """dense -> act -> LayerNorm -> decoder (tied to the word embeddings) + separate bias.
 
     BERT transforms hidden -> hidden; ALBERT hidden -> embedding_size, so the tied decoder is
-    [V, embedding_size] either way. `decoder_weight` is *the same Parameter* as
-    `embeddings.word_embeddings.weight` (both names appear in state_dict, as in HF).
+    [V, embedding_size] either way; ModernBERT's dense and norm are bias-free. `decoder_weight` is
+    *the same Parameter* as the word-embedding table (both names appear in state_dict, as in HF).
     """
 
     def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding):
         super().__init__()
         emb = cfg.embedding_size or cfg.hidden_size
-        self.dense = nn.Linear(cfg.hidden_size, emb)
+        self.dense = nn.Linear(cfg.hidden_size, emb, bias=cfg.linear_bias)
         self.act = activation(cfg.hidden_act)
-        self.norm = nn.LayerNorm(emb, eps=cfg.layer_norm_eps)
+        self.norm = nn.LayerNorm(emb, eps=cfg.layer_norm_eps, bias=cfg.norm_bias)
         self.decoder_weight = word_embeddings.weight
         self.bias = nn.Parameter(torch.zeros(cfg.vocab_size))
 
@@ -49,39 +55,62 @@ class MLMHead(nn.Module):
 
 
 class SentenceHead(nn.Module):
-    """Pooler (dense + tanh on [CLS]) -> 2-way classifier, for SOP or NSP. [B,L,H] -> [B,2].
-    ALBERT applies dropout before the classifier (HF's classifier_dropout_prob); BERT does not."""
+    """Pooler (dense + tanh on an example's first token) -> 2-way classifier, for SOP or NSP.
+    [N, H] -> [N, 2]. ALBERT applies dropout before the classifier (HF's classifier_dropout_prob)."""
 
-    def __init__(self, cfg: ModelConfig):
+    def __init__(self, cfg: ModelConfig, dropout: float = 0.0):
         super().__init__()
         self.pooler = nn.Linear(cfg.hidden_size, cfg.hidden_size)
-        self.dropout = nn.Dropout(cfg.hidden_dropout if cfg.arch == "albert" else 0.0)
+        self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(cfg.hidden_size, 2)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        pooled = torch.tanh(self.pooler(hidden[:, 0]))
+    def forward(self, first_tokens: torch.Tensor) -> torch.Tensor:
+        pooled = torch.tanh(self.pooler(first_tokens))
         return self.classifier(self.dropout(pooled))
 
 
 class PretrainingHeads(nn.Module):
-    """(hidden [B,L,H], key_mask, labels) -> PretrainingOutput.
+    """Hidden states -> PretrainingOutput.
 
+    Called as `heads(hidden, ctx, labels)` by the model (any layout of the context), or as
+    `heads((hidden [B,L,H], position_ids, attention_mask, labels))` in the pipeline form.
     labels given: gather the rows with labels != -100 *before* the transform and decoder, so the
     [*, V] matmul (the most expensive op at V=30522 and short sequences) runs on ~15% of tokens.
-    labels None: logits at every position, [B, L, V] (HF comparisons, fill-mask).
+    labels None: logits at every position, [B, L, V] (HF comparisons, fill-mask; pads of an
+    unpadded context get the logits of a zero hidden state).
     """
 
-    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding):
+    def __init__(self, cfg: ModelConfig, word_embeddings: nn.Embedding, final_norm: Optional[nn.Module] = None,
+                 sentence_dropout: float = 0.0):
         super().__init__()
+        self.final_norm = final_norm if final_norm is not None else nn.Identity()
         self.mlm = MLMHead(cfg, word_embeddings)
-        self.sentence = SentenceHead(cfg) if cfg.sentence_head != "none" else None
+        self.sentence = SentenceHead(cfg, sentence_dropout) if cfg.sentence_head != "none" else None
 
-    def forward(self, inputs) -> PretrainingOutput:
-        hidden, _key_mask, labels = inputs
-        sentence_logits = self.sentence(hidden) if self.sentence is not None else None
+    def forward(self, inputs, ctx: Optional[AttentionContext] = None, labels: Optional[torch.Tensor] = None,
+                ) -> PretrainingOutput:
+        if ctx is None:
+            hidden, position_ids, attention_mask, labels = inputs
+            ctx = AttentionContext(attention_mask, position_ids, hidden, unpad=False)
+        else:
+            hidden = inputs
+        hidden = self.final_norm(hidden)
+        width = hidden.shape[-1]
+        sentence_logits = sentence_index = None
+        if self.sentence is not None:
+            if ctx.unpadded:
+                first = hidden.index_select(0, ctx.cu_seqlens[:-1].long())
+            elif ctx.packed:
+                first = hidden.reshape(-1, width).index_select(0, ctx.example_starts())
+            else:
+                first = hidden[:, 0]
+            if ctx.packed:
+                sentence_index = ctx.example_starts()
+            sentence_logits = self.sentence(first)
         if labels is None:
-            return PretrainingOutput(self.mlm(hidden), None, sentence_logits)
-        flat_labels = labels.reshape(-1)
+            return PretrainingOutput(self.mlm(ctx.to_padded(hidden)), None, sentence_logits, sentence_index)
+        flat_labels = ctx.to_layout(labels).reshape(-1)
         picked = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
-        masked_hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, picked)
-        return PretrainingOutput(self.mlm(masked_hidden), flat_labels.index_select(0, picked), sentence_logits)
+        masked_hidden = hidden.reshape(-1, width).index_select(0, picked)
+        return PretrainingOutput(self.mlm(masked_hidden), flat_labels.index_select(0, picked), sentence_logits,
+                                 sentence_index)

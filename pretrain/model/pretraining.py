@@ -1,40 +1,52 @@
-"""The full pretraining model: embeddings -> encoder layers -> heads, and `build_model`."""
+"""The full pretraining model (any registered architecture): embeddings -> layers -> heads."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from . import registry
+from .activations import activation
+from .attention import BACKENDS, AttentionContext, default_positions
 from .config import ModelConfig
-from .embeddings import Embeddings
-from .encoder import Encoder
 from .heads import PretrainingHeads, PretrainingOutput
 
-ARCHS = ("bert", "albert")
 SENTENCE_HEADS = ("sop", "nsp", "none")
 
 
 class PretrainingModel(nn.Module):
-    """BERT/ALBERT encoder with MLM + sentence-order (or next-sentence) heads.
+    """An encoder of the registry with MLM + sentence-order (or next-sentence) heads.
 
-    forward(...) is exactly the composition of `layers()` (tested), with optional per-layer
-    activation checkpointing of the encoder layers in training mode.
+    forward(...) computes what the composition of `layers()` computes (tested), on the padded
+    rows or, with cfg.unpad, on the real tokens only; per-layer activation checkpointing of the
+    encoder layers in training mode. `active_layers` (progressive stacking) runs only the first
+    n layer applications; None = all.
     """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.cfg = cfg
-        self.embeddings = Embeddings(cfg)
-        self.encoder = Encoder(cfg)
-        self.heads = PretrainingHeads(cfg, self.embeddings.word_embeddings)
+        self.arch = registry.get(cfg.arch)
+        parts = self.arch.build(cfg)
+        self.embeddings = parts.embeddings
+        self.encoder = parts.encoder
+        self.heads = PretrainingHeads(cfg, self.embeddings.word_embeddings, parts.final_norm, parts.sentence_dropout)
         self.gradient_checkpointing = cfg.gradient_checkpointing
+        self.active_layers: Optional[int] = None
+
+    def encoder_layers(self) -> list[nn.Module]:
+        layers = self.encoder.ordered()
+        return layers if self.active_layers is None else layers[:self.active_layers]
 
     def layers(self) -> list[nn.Module]:
         """[embeddings, encoder layer x N, heads]. Each maps a tuple to a tuple:
-        (input_ids, token_type_ids, attention_mask, labels) -> (hidden, key_mask, labels) -> ...
-        -> PretrainingOutput. ALBERT's shared layer is the same module object N times; the MLM
-        decoder shares its Parameter with the word embeddings (a tie across first/last stage)."""
-        return [self.embeddings, *self.encoder.ordered(), self.heads]
+        (input_ids, token_type_ids, attention_mask, position_ids, labels)
+        -> (hidden [B,L,H], position_ids, attention_mask, labels) -> ... -> PretrainingOutput.
+        ALBERT's shared layer is the same module object N times; the MLM decoder shares its
+        Parameter with the word embeddings (a tie across first/last stage)."""
+        return [self.embeddings, *self.encoder_layers(), self.heads]
 
     def forward(
         self,
@@ -42,51 +54,51 @@ class PretrainingModel(nn.Module):
         token_type_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
         all_positions: bool = False,
     ) -> PretrainingOutput:
-        """input_ids/token_type_ids/attention_mask/labels: [B, L] (see docs/architecture.md).
+        """input_ids/token_type_ids/attention_mask/labels/position_ids: [B, L] (docs/architecture.md).
+        position_ids given = packed rows (several examples per row, positions restart at 0).
         all_positions=True (or labels=None): mlm_logits at every position, [B, L, V], and
-        mlm_labels = labels as given."""
-        x = self.embeddings((input_ids, token_type_ids, attention_mask, None if all_positions else labels))
-        for layer in self.encoder.ordered():
+        mlm_labels = labels as given (computed on the padded rows whatever cfg.unpad says)."""
+        # Logits at every position (pads included, as transformers computes them) need the padded rows.
+        ctx = AttentionContext(attention_mask, position_ids, input_ids, unpad=self.cfg.unpad and not all_positions and labels is not None,
+                               backend=self.cfg.attention_backend)
+        tt = None if token_type_ids is None else ctx.to_layout(token_type_ids)
+        x = self.embeddings((ctx.to_layout(input_ids), tt), ctx)
+        for layer in self.encoder_layers():
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x = checkpoint(layer, x, use_reentrant=False)
+                x = checkpoint(layer, x, ctx, use_reentrant=False)
             else:
-                x = layer(x)
-        out = self.heads(x)
+                x = layer(x, ctx)
+        out = self.heads(x, ctx, None if all_positions else labels)
         if all_positions:
             out = out._replace(mlm_labels=labels)
         return out
 
-
-def init_weights(module: nn.Module, initializer_range: float) -> None:
-    """BERT initialisation: Linear/Embedding weights ~ N(0, initializer_range), biases 0,
-    LayerNorm weight 1 / bias 0, the padding row of an embedding 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=initializer_range)
-        if isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
-        if isinstance(m, nn.Embedding) and m.padding_idx is not None:
-            with torch.no_grad():
-                m.weight[m.padding_idx].zero_()
-        if isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+    def pipeline_inputs(self, batch: dict) -> tuple:
+        """The first pipeline layer's input tuple for a batch (absent optional keys filled in)."""
+        ids = batch["input_ids"]
+        tt = batch.get("token_type_ids")
+        mask = batch.get("attention_mask")
+        pos = batch.get("position_ids")
+        return (ids, torch.zeros_like(ids) if tt is None else tt, torch.ones_like(ids) if mask is None else mask,
+                default_positions(ids).contiguous() if pos is None else pos, batch["labels"])
 
 
 def validate(cfg: ModelConfig) -> None:
-    """One-line errors for config mistakes a user can make."""
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"model.arch={cfg.arch!r}: expected one of {ARCHS}")
+    """One-line errors for config mistakes a user can make (the architecture adds its own)."""
+    arch = registry.get(cfg.arch)
     if cfg.sentence_head not in SENTENCE_HEADS:
         raise ValueError(f"model.sentence_head={cfg.sentence_head!r}: expected one of {SENTENCE_HEADS}")
     if not cfg.vocab_size or cfg.vocab_size <= 0:
         raise ValueError("model.vocab_size is unset: the trainer fills it from the data manifest before build_model")
-    if cfg.arch == "bert" and cfg.embedding_size not in (None, cfg.hidden_size):
-        raise ValueError(f"model.embedding_size={cfg.embedding_size} needs model.arch=albert (BERT ties it to hidden_size)")
-    if cfg.arch == "bert" and (cfg.num_hidden_groups != 1 or cfg.inner_group_num != 1):
-        raise ValueError("model.num_hidden_groups / inner_group_num are ALBERT-only; set model.arch=albert")
+    if cfg.hidden_size % cfg.num_heads:
+        raise ValueError(f"model.hidden_size={cfg.hidden_size} is not divisible by model.num_heads={cfg.num_heads}")
+    if cfg.attention_backend not in BACKENDS:
+        raise ValueError(f"model.attention_backend={cfg.attention_backend!r}: expected one of {BACKENDS}")
+    activation(cfg.hidden_act)
+    arch.validate(cfg)
 
 
 def build_model(cfg: ModelConfig) -> PretrainingModel:
@@ -94,5 +106,5 @@ def build_model(cfg: ModelConfig) -> PretrainingModel:
     `pretrain.hf.export.load_hf_pretrained`, which the trainer calls when init_from is set)."""
     validate(cfg)
     model = PretrainingModel(cfg)
-    init_weights(model, cfg.initializer_range)
+    model.arch.init_weights(model, cfg)
     return model

@@ -14,7 +14,7 @@ from parallel.topology import detect, init_distributed
 from pretrain.data import build_eval_loader, build_train_loader, check_vocab_size
 from pretrain.model import build_model
 from pretrain.model.config import ModelConfig
-from pretrain.model.flops import flops_per_sequence
+from pretrain.model.flops import batch_flops
 from pretrain.objectives import pretraining_loss
 from pretrain.shardformat import load_manifest
 from pretrain.tracking import build_tracker
@@ -103,18 +103,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         resume_state={**state.tracker, "step": state.step} if client is not None else None,
         is_main=topo.rank == 0,
     )
-    per_seq = {}
-
     def flops_for(micro: list, metrics: dict) -> float:
-        """Model FLOPs of one step over the global batch (all data-parallel replicas)."""
-        seq_len = cfg.data.max_seq_len
-        key = seq_len
-        if key not in per_seq:
-            per_seq[key] = flops_per_sequence(mcfg, seq_len, 0)
-        masked = metrics.get("mlm_count", 0)
-        sequences = topo.dp_size * sum(len(b["input_ids"]) for b in micro)
-        head = flops_per_sequence(mcfg, seq_len, 1) - per_seq[key]
-        return sequences * per_seq[key] + masked * head
+        """Model FLOPs of one step over the global batch (all data-parallel replicas): this
+        rank's micro-batches (real tokens, attention within each example) x the replicas."""
+        return topo.dp_size * sum(batch_flops(mcfg, b) for b in micro)
 
     return Parts(
         topo=topo,

@@ -18,6 +18,8 @@ from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, Schedu
 from parallel.precision import CHOICES as PRECISION_CHOICES
 from parallel.topology import BACKENDS
 from pretrain.data.config import DataConfig, ObjectiveConfig
+from pretrain.model import registry
+from pretrain.model.attention import BACKENDS as ATTENTION_BACKENDS
 from pretrain.model.config import ModelConfig
 from pretrain.tracking.config import TrackerConfig
 from pretrain.train.nonfinite import NONFINITE_POLICIES, SPIKE_ACTIONS
@@ -129,7 +131,8 @@ class TrainConfig:
 
 
 _CHOICES = {
-    "model.arch": ("bert", "albert"),
+    "model.arch": registry.names(),
+    "model.attention_backend": ATTENTION_BACKENDS,
     "model.hidden_act": ("gelu", "gelu_new", "relu"),
     "model.sentence_head": ("sop", "nsp", "none"),
     "objective.masking": ("token", "whole_word", "span"),
@@ -235,7 +238,7 @@ def _check_relations(cfg: DictConfig) -> None:
             f"config: parallel.pipeline_stages={stages} needs parallel.zero_stage <= 1 "
             f"(got {cfg.parallel.zero_stage}); DeepSpeed cannot combine pipeline with ZeRO-2/3"
         )
-    layer_count = m.num_layers * (m.inner_group_num if m.arch == "albert" else 1)
+    layer_count = registry.get(m.arch).layer_applications(m)
     if stages > layer_count:
         raise ConfigError(f"config: parallel.pipeline_stages={stages} exceeds the {layer_count} encoder layers of the "
                           f"model (model.num_layers); every pipeline stage needs at least one")

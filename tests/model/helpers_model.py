@@ -36,3 +36,67 @@ def tiny_batch(cfg: ModelConfig, batch: int = 3, seq: int = 12, seed: int = 0, p
 
 def run(model, batch, **kw):
     return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch.get("labels"), **kw)
+
+
+def modern_cfg(**overrides) -> ModelConfig:
+    """A tiny ModernBERT: 3 layers (global, local, local), window 4 (+-2 tokens), bias-free."""
+    base = dict(linear_bias=False, norm_bias=False, local_attention=4, global_attn_every_n_layers=3,
+                layer_norm_eps=1e-5, hidden_dropout=0.0, attention_dropout=0.0)
+    base.update(overrides)
+    return tiny_cfg(base.pop("arch", "modernbert"), **base)
+
+
+def example_ids(cfg: ModelConfig, lengths, seed: int = 0) -> list[torch.Tensor]:
+    """One token-id vector per example: [CLS]=2 first, [SEP]=3 last, random ids between."""
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for n in lengths:
+        ids = torch.randint(5, cfg.vocab_size, (n,), generator=g)
+        ids[0], ids[-1] = 2, 3
+        out.append(ids)
+    return out
+
+
+def packed_batch(cfg: ModelConfig, rows: list[list[torch.Tensor]], seq: int, seed: int = 0) -> dict:
+    """Rows of several examples (each a token-id vector), as pretrain.data packs them: positions
+    restart at 0, segment ids 0 then 1 after the first [SEP], ~20% labels, sentence labels at
+    each example's first token, pads after the last example."""
+    g = torch.Generator().manual_seed(seed)
+    b = len(rows)
+    ids = torch.full((b, seq), cfg.pad_token_id, dtype=torch.long)
+    tt, mask, pos = torch.zeros_like(ids), torch.zeros_like(ids), torch.zeros_like(ids)
+    labels = torch.full_like(ids, -100)
+    sentence = torch.full_like(ids, -100)
+    for r, examples in enumerate(rows):
+        at = 0
+        for ex in examples:
+            n = len(ex)
+            ids[r, at:at + n] = ex
+            mask[r, at:at + n] = 1
+            pos[r, at:at + n] = torch.arange(n)
+            sep = int((ex == 3).nonzero()[0])
+            tt[r, at + sep + 1:at + n] = 1
+            chosen = torch.rand(n, generator=g) < 0.2
+            chosen[1] = True
+            labels[r, at:at + n] = torch.where(chosen, torch.randint(5, cfg.vocab_size, (n,), generator=g), -100)
+            sentence[r, at] = int(torch.randint(0, 2, (1,), generator=g))
+            at += n
+    return {"input_ids": ids, "token_type_ids": tt, "attention_mask": mask, "position_ids": pos, "labels": labels,
+            "sentence_label": sentence}
+
+
+def single_batch(batch: dict, row: int, start: int, length: int, seq: int) -> dict:
+    """Example (row, start, length) of a packed batch alone in a one-row unpacked batch of `seq`."""
+    out = {}
+    for key in ("input_ids", "token_type_ids", "attention_mask", "labels"):
+        fill = -100 if key == "labels" else 0
+        v = torch.full((1, seq), fill, dtype=torch.long)
+        v[0, :length] = batch[key][row, start:start + length]
+        out[key] = v
+    out["sentence_label"] = batch["sentence_label"][row, start:start + 1]
+    return out
+
+
+def run_packed(model, batch, **kw):
+    return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch.get("labels"),
+                 position_ids=batch["position_ids"], **kw)

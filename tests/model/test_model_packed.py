@@ -1,0 +1,140 @@
+"""Packed rows and unpadded attention: every architecture, padded and unpadded (cu_seqlens) paths."""
+import pytest
+import torch
+
+from helpers_model import example_ids, modern_cfg, packed_batch, run, run_packed, single_batch, tiny_batch, tiny_cfg
+from pretrain.data.config import ObjectiveConfig
+from pretrain.model import build_model
+from pretrain.objectives import pretraining_loss
+
+SEQ = 16
+ROWS = [[5, 7, 3], [9, 6], [16]]   # example lengths per row: a full row, and a row with a pad tail
+
+
+def cfg_for(arch: str, **kw):
+    if arch == "modernbert":
+        return modern_cfg(sentence_head="sop", **kw)
+    return tiny_cfg(arch, hidden_dropout=0.0, attention_dropout=0.0, max_position_embeddings=32, **kw)
+
+
+def packed(cfg, seed=0):
+    lengths = [n for row in ROWS for n in row]
+    exs = example_ids(cfg, lengths, seed)
+    rows, k = [], 0
+    for row in ROWS:
+        rows.append(exs[k:k + len(row)])
+        k += len(row)
+    return packed_batch(cfg, rows, SEQ, seed)
+
+
+def places():
+    for r, row in enumerate(ROWS):
+        start = 0
+        for n in row:
+            yield r, start, n
+            start += n
+
+
+ARCHS = ["bert", "albert", "modernbert"]
+
+
+@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_packed_example_equals_the_example_alone(arch, unpad):
+    """No token sees another example: each packed example's MLM and sentence logits equal those
+    of the example run alone in its own padded row."""
+    cfg = cfg_for(arch, unpad=unpad)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    batch = packed(cfg)
+    out = run_packed(model, batch)
+    assert out.sentence_index is not None and len(out.sentence_index) == sum(len(r) for r in ROWS)
+    mlm_rows = (batch["labels"] != -100).reshape(-1).nonzero().squeeze(1)
+    for k, (r, start, n) in enumerate(places()):
+        alone = single_batch(batch, r, start, n, SEQ)
+        ref = run(model, alone)
+        flat = r * SEQ + start
+        assert int(out.sentence_index[k]) == flat
+        torch.testing.assert_close(out.sentence_logits[k], ref.sentence_logits[0], rtol=0, atol=1e-5)
+        mine = (mlm_rows >= flat) & (mlm_rows < flat + n)
+        torch.testing.assert_close(out.mlm_logits[mine], ref.mlm_logits, rtol=0, atol=1e-5)
+        assert torch.equal(out.mlm_labels[mine], ref.mlm_labels)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_changing_one_example_leaves_the_others_unchanged(arch):
+    cfg = cfg_for(arch)
+    model = build_model(cfg).eval()
+    batch = packed(cfg)
+    other = {k: v.clone() for k, v in batch.items()}
+    other["input_ids"][0, 6:11] = torch.randint(5, cfg.vocab_size, (5,))   # inside example 2 of row 0
+    a = run_packed(model, batch, all_positions=True).mlm_logits
+    b = run_packed(model, other, all_positions=True).mlm_logits
+    keep = batch["attention_mask"].bool().clone()
+    keep[0, 5:12] = False
+    torch.testing.assert_close(a[keep], b[keep], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[0, 5:12], b[0, 5:12])
+
+
+@pytest.mark.parametrize("packed_rows", [False, True])
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unpadded_equals_padded_outputs_and_gradients(arch, packed_rows):
+    torch.manual_seed(0)
+    padded = build_model(cfg_for(arch, unpad=False)).train()
+    unpadded = build_model(cfg_for(arch, unpad=True)).train()
+    unpadded.load_state_dict(padded.state_dict())
+    cfg = padded.cfg
+    batch = packed(cfg) if packed_rows else tiny_batch(cfg, seq=SEQ)
+    results = []
+    for model in (padded, unpadded):
+        out = run_packed(model, batch) if packed_rows else run(model, batch)
+        loss, _ = pretraining_loss(out, batch, 7.0, ObjectiveConfig())
+        loss.backward()
+        results.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = results
+    torch.testing.assert_close(b.mlm_logits, a.mlm_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.sentence_logits, a.sentence_logits, rtol=0, atol=1e-5)
+    assert ga.keys() == gb.keys()
+    for name in ga:
+        torch.testing.assert_close(gb[name], ga[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_sentence_targets_read_each_examples_first_token():
+    cfg = cfg_for("bert")
+    model = build_model(cfg).eval()
+    batch = packed(cfg)
+    out = run_packed(model, batch)
+    loss, stats = pretraining_loss(out, batch, 1.0, ObjectiveConfig())
+    assert stats["sentence_count"] == 6
+    expected = batch["sentence_label"][batch["position_ids"].eq(0) & batch["attention_mask"].bool()]
+    logits = out.sentence_logits
+    assert stats["sentence_correct"] == float((logits.argmax(-1) == expected).sum())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_gradient_checkpointing_on_the_unpadded_path_gives_the_same_grads(arch):
+    torch.manual_seed(0)
+    plain = build_model(cfg_for(arch)).train()
+    ckpt = build_model(cfg_for(arch, gradient_checkpointing=True)).train()
+    ckpt.load_state_dict(plain.state_dict())
+    batch = packed(plain.cfg)
+    grads = []
+    for model in (plain, ckpt):
+        out = run_packed(model, batch)
+        (out.mlm_logits.square().mean() + out.sentence_logits.square().mean()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters() if p.grad is not None})
+    for name, g in grads[0].items():
+        torch.testing.assert_close(grads[1][name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_pipeline_form_of_packed_rows_equals_forward():
+    cfg = cfg_for("modernbert")
+    model = build_model(cfg).eval()
+    batch = packed(cfg)
+    x = model.pipeline_inputs(batch)
+    for layer in model.layers():
+        x = layer(x)
+    ref = run_packed(model, batch)
+    torch.testing.assert_close(x.mlm_logits, ref.mlm_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(x.sentence_logits, ref.sentence_logits, rtol=0, atol=1e-5)
+    assert torch.equal(x.sentence_index, ref.sentence_index)
