@@ -13,7 +13,6 @@ from torch import nn
 
 from pretrain.model.config import ModelConfig
 
-from .errors import ExportError
 
 QKV = ("query", "key", "value")
 

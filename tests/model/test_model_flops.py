@@ -1,6 +1,5 @@
 """FLOPs counter: an explicit hand count and torch's FlopCounterMode agree with flops.py."""
 import pytest
-import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -38,9 +37,11 @@ def test_hand_count_albert():
     assert forward_flops_per_sequence(cfg, 10, 3) == projection + 2 * layer + mlm + sentence
 
 
-@pytest.mark.parametrize("arch", ["bert", "albert"])
+@pytest.mark.parametrize("arch", ["bert", "albert", "modernbert"])
 def test_matches_torch_flop_counter_forward_backward(arch):
-    cfg = tiny_cfg(arch, hidden_dropout=0.0, attention_dropout=0.0)
+    # Global attention only: SDPA computes every query-key pair, the count is the same.
+    extra = dict(linear_bias=False, norm_bias=False) if arch == "modernbert" else {}
+    cfg = tiny_cfg(arch, hidden_dropout=0.0, attention_dropout=0.0, unpad=False, **extra)
     model = build_model(cfg).train()
     batch = tiny_batch(cfg, batch=2, seq=12, pad_from=None)
     n_masked = int((batch["labels"] != -100).sum())

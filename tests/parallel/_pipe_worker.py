@@ -42,7 +42,27 @@ def model_cfg(arch: str, dropout: float = 0.0, checkpointing: bool = False) -> M
                 gradient_checkpointing=checkpointing)
     if arch == "albert":
         base.update(embedding_size=16)
+    if arch == "modernbert":  # global, local, global, local: windows of +-4 tokens in rows of 16
+        base.update(linear_bias=False, norm_bias=False, local_attention=8, global_attn_every_n_layers=2,
+                    layer_norm_eps=1e-5, sentence_head="sop")
     return ModelConfig(**base)
+
+
+def packed(batch: dict) -> dict:
+    """The toy rows as packed rows of two examples each (cut at half the real length): positions
+    restart, a [B, L] sentence label at each example's first token."""
+    out = dict(batch)
+    lengths = batch["attention_mask"].sum(1)
+    pos = torch.zeros_like(batch["input_ids"])
+    sentence = torch.full_like(batch["input_ids"], -100)
+    for r, n in enumerate(lengths.tolist()):
+        k = n // 2
+        pos[r, :k] = torch.arange(k)
+        pos[r, k:n] = torch.arange(n - k)
+        sentence[r, 0] = batch["sentence_label"][r]
+        sentence[r, k] = 1 - batch["sentence_label"][r]
+    out["position_ids"], out["sentence_label"] = pos, sentence
+    return out
 
 
 def make(stages, arch="bert", zero=0, dtype="fp32", gas=4, dropout=0.0, checkpointing=False, optim="adamw",
@@ -62,13 +82,15 @@ def make(stages, arch="bert", zero=0, dtype="fp32", gas=4, dropout=0.0, checkpoi
     return engine, client
 
 
-def run(engine, m_global, stop, save_at=None, save_dir=None):
+def run(engine, m_global, stop, save_at=None, save_dir=None, pack=False):
     """Train until global step `stop` on global batches of m_global micro-batches."""
     topo, gas = engine.topo, engine.grad_accum
     assert gas * topo.dp_size == m_global
     out = []
     while engine.global_step < stop:
         micros = global_batch(SEED, engine.global_step, m_global, MICRO)
+        if pack:
+            micros = [packed(m) for m in micros]
         out.append(engine.train_step([micros[i * topo.dp_size + topo.dp_rank] for i in range(gas)]))
         if save_at is not None and engine.global_step == save_at:
             engine.save(save_dir, {"step": engine.global_step})
@@ -149,6 +171,14 @@ def scenario_two(work):
     res["albert_weight_diff"] = weight_diff(plain_weights, pipe_weights)
     if pipe.topo.rank == 0:
         torch.save(pipe_weights, os.path.join(work, "albert_z0_weights.pt"))
+    # ModernBERT (rotary positions and local windows travel as position ids between the stages)
+    # on packed rows of two examples, ZeRO-1.
+    plain, _ = make(1, "modernbert", zero=1, gas=2)
+    res["modernbert_plain"] = slim(run(plain, 4, 3, pack=True))
+    plain_weights = plain.consolidated_state_dict()
+    pipe, _ = make(2, "modernbert", zero=1, gas=4)
+    res["modernbert_pipe"] = slim(run(pipe, 4, 3, pack=True))
+    res["modernbert_weight_diff"] = weight_diff(plain_weights, pipe.consolidated_state_dict())
     # Dropout on: seeded per (step, micro-batch, rank), so a reload replays it bit for bit, and
     # per-layer activation checkpointing (recomputed with the same RNG state) changes nothing.
     ref, _ = make(2, "bert", zero=1, gas=4, dropout=0.1)

@@ -37,7 +37,7 @@ def runs(tmp_path_factory):
     return work, two, four
 
 
-def test_two_stages_train_and_evaluate_like_the_plain_engine_for_bert_and_albert(runs):
+def test_two_stages_train_and_evaluate_like_the_plain_engine_for_every_architecture(runs):
     from _pipe_worker import model_cfg
     from pretrain.model import build_model
 
@@ -48,6 +48,10 @@ def test_two_stages_train_and_evaluate_like_the_plain_engine_for_bert_and_albert
         plain_eval, pipe_eval = r[f"{arch}_plain_eval"], r[f"{arch}_pipe_eval"]
         assert pipe_eval == pytest.approx(plain_eval, rel=REL)  # three batch shapes, one partial
         assert plain_eval[2] > 0 and plain_eval[5] == 8  # masked tokens and sentences were counted
+    # ModernBERT on packed rows (two examples a row: two sentence labels each).
+    assert_same_steps(r["modernbert_pipe"], r["modernbert_plain"])
+    assert r["modernbert_weight_diff"] < 1e-6
+    assert all(m["sentence_count"] == 32 for m in r["modernbert_pipe"])
     assert all(ranks == r["bert_pipe"] for ranks in r["bert_pipe_all_ranks"])  # every rank logs the same
     assert "one shape: got [4, 8] after [4, 16]" in r["shape_change"] and "\n" not in r["shape_change"]
     ms = r["bert_pipe"]
