@@ -143,6 +143,41 @@ class Engine(ABC):
                     for v in state.values() if isinstance(v, torch.Tensor)]
         return everywhere(all_finite(tensors))
 
+    def copy_parameters(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Collective: for each (destination, source) parameter name of the module, destination
+        <- source (the module's weights and the optimizer's fp32 master copy), and the
+        destination's optimizer state starts fresh (moments zero; with a plain torch optimizer,
+        its step count too). For progressive stacking; ZeRO 0-2 (ZeRO-3 keeps no whole
+        parameters, refused at config time)."""
+        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param, safe_set_full_optimizer_state
+
+        if self.parallel_cfg.zero_stage == 3:
+            raise ValueError("copy_parameters: not under ZeRO-3")
+        params = dict(self.module.named_parameters())
+        inner = self.guard.inner
+        wrapper = self.ds.optimizer
+        if hasattr(wrapper, "_lazy_init_hp_params_optimizer_state"):
+            # DeepSpeed 0.19.8's ZeRO-1/2 links the fragments' optimizer state once, right after
+            # the *first* param group's first step, so later groups' moments are never linked:
+            # link again now that every group has its state.
+            wrapper._hp_optimizer_states_linked = False
+            wrapper._lazy_init_hp_params_optimizer_state()
+        with torch.no_grad():
+            for dst, src in pairs:
+                p, q = params[dst], params[src]
+                full = safe_get_full_fp32_param(q)   # collective under ZeRO-1/2: same order on every rank
+                if full is None:
+                    full = q.detach().float()
+                p.data.copy_(full.to(device=p.device, dtype=p.dtype))
+                mapping = getattr(p, "_hp_mapping", None)
+                if hasattr(p, "_hp_mapping"):   # DeepSpeed's fp32 partitions (ZeRO-1/2, bf16 optimizer)
+                    safe_set_full_fp32_param(p, full)
+                    if mapping is not None and mapping.optim_fragment:
+                        for key in mapping.get_optim_state_keys():
+                            safe_set_full_optimizer_state(p, torch.zeros_like(full), key)
+                else:                            # the torch optimizer holds the module's own params
+                    inner.state.pop(p, None)
+
     def _universal_aliases(self) -> Optional[dict]:
         """Module parameter name -> plain name, where they differ (the pipeline module)."""
         return None

@@ -1,7 +1,7 @@
 """Small builders that map the config to objects (mosaic-bert style), plus resume wiring."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable
 
@@ -20,6 +20,7 @@ from pretrain.shardformat import load_manifest
 from pretrain.tracking import build_tracker
 from pretrain.train.checkpoint_manager import CheckpointManager
 from pretrain.train.config import config_hash
+from pretrain.train.stacking import Stacking, StackingPlan
 from pretrain.train.state import TrainState
 
 
@@ -34,6 +35,7 @@ class Parts:
     checkpoints: CheckpointManager
     log: Callable[[str], None]
     flops_for: Callable[[list, dict], float]
+    stacking: Any = None     # pretrain.train.stacking.Stacking, or None
 
 
 def make_logger(rank: int) -> Callable[[str], None]:
@@ -103,10 +105,17 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         resume_state={**state.tracker, "step": state.step} if client is not None else None,
         is_main=topo.rank == 0,
     )
+    stacking_plan = StackingPlan.from_config(cfg.trainer.stacking)
+    stacking = Stacking(stacking_plan, engine, log) if stacking_plan else None
+    if stacking is not None:
+        stacking.start(state.step)
+
     def flops_for(micro: list, metrics: dict) -> float:
         """Model FLOPs of one step over the global batch (all data-parallel replicas): this
-        rank's micro-batches (real tokens, attention within each example) x the replicas."""
-        return topo.dp_size * sum(batch_flops(mcfg, b) for b in micro)
+        rank's micro-batches (real tokens, attention within each example) x the replicas, at
+        the depth the step ran (progressive stacking)."""
+        run_cfg = mcfg if stacking is None else replace(mcfg, num_layers=stacking.depth())
+        return topo.dp_size * sum(batch_flops(run_cfg, b) for b in micro)
 
     return Parts(
         topo=topo,
@@ -118,6 +127,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         checkpoints=manager,
         log=log,
         flops_for=flops_for,
+        stacking=stacking,
     )
 
 

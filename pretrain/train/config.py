@@ -47,6 +47,13 @@ class LossSpikeConfig:
 
 
 @dataclass
+class StackingConfig:
+    """Progressive stacking (pretrain/train/stacking.py): depth per stage and the steps that start them."""
+    layers: list[int] = field(default_factory=list)   # e.g. [3, 6, 12]; [] = the full depth from the start
+    steps: list[int] = field(default_factory=list)    # e.g. [1000, 3000]: one per stage after the first
+
+
+@dataclass
 class TrainerConfig:
     max_steps: Optional[int] = 1000
     max_tokens: Optional[int] = None
@@ -65,6 +72,7 @@ class TrainerConfig:
     max_skips: int = 3                   # skip: non-finite steps in a row before the run stops
     max_rewinds: int = 3                 # rewind: rewinds per run before the run stops
     loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)
+    stacking: StackingConfig = field(default_factory=StackingConfig)
 
 
 # Allowed values of the cluster keys (one place; the launchers and the sbatch template use them).
@@ -245,6 +253,12 @@ def _check_relations(cfg: DictConfig) -> None:
     if world % stages:
         raise ConfigError(f"config: parallel.pipeline_stages={stages} does not divide the world size {world} "
                           f"(cluster.nnodes={cfg.cluster.nnodes} x cluster.nproc={cfg.cluster.nproc})")
+    from pretrain.train.stacking import check_stacking
+
+    try:
+        check_stacking(t.stacking, m.num_layers, m.arch, cfg.parallel.zero_stage, stages)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
     from parallel.ds_config import validate as validate_engine
 
     try:

@@ -23,8 +23,13 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
     mcfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
     mcfg.init_from = None
     mcfg.gradient_checkpointing = False
-    model = build_model(mcfg)
     state = consolidate_fp32(checkpoint)
+    depth = _stacked_depth(cfg, checkpoint)
+    if depth is not None and depth < mcfg.num_layers:  # progressive stacking stopped early: the depth reached
+        state = {k: v for k, v in state.items() if not _layer_at_or_above(k, depth)}
+        mcfg.num_layers = depth
+        log(f"export: progressive stacking had reached {depth} of {cfg.model.num_layers} layers at {checkpoint}")
+    model = build_model(mcfg)
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if bad:  # never written by this trainer (saves check first); an older or foreign checkpoint
         raise ResumeError(f"{checkpoint}: weights are not finite ({len(bad)} tensors, e.g. {bad[0]}); not exporting")
@@ -39,6 +44,28 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
     export_hf(model, mcfg, manifest.tokenizer_file, out_dir)
     log(f"exported {checkpoint} -> {out_dir}")
     return out_dir
+
+
+def _stacked_depth(cfg, checkpoint: str):
+    """The depth a progressively stacked run had at `checkpoint` (step_<N>), or None."""
+    import os
+    import re
+
+    from pretrain.train.stacking import StackingPlan
+
+    stacking = cfg.trainer.get("stacking") if "trainer" in cfg else None
+    plan = StackingPlan.from_config(stacking) if stacking is not None else None
+    found = re.search(r"step_(\d+)$", os.path.basename(os.path.normpath(checkpoint)))
+    if plan is None or found is None:
+        return None
+    return plan.depth_at(int(found.group(1)) - 1)
+
+
+def _layer_at_or_above(key: str, depth: int) -> bool:
+    import re
+
+    found = re.match(r"encoder\.layers\.(\d+)\.", key)
+    return found is not None and int(found.group(1)) >= depth
 
 
 def _is_tied(model, name: str) -> bool:

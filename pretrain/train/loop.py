@@ -40,9 +40,13 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     # Stages of one pipeline replica train on the same examples: the first stage records them.
     recorder = SampleRecorder(run_dir, topo.rank) if cfg.trainer.record_samples and topo.pp_rank == 0 else None
     watchdog = Watchdog.from_config(cfg, state, parts.checkpoints, log)
+    if parts.stacking is not None:
+        watchdog.on_rewind = parts.stacking.after_rewind
     ga = cfg.trainer.grad_accum
     stop_reason = budget.exhausted(state.step, state.consumed_tokens)
     while stop_reason is None:
+        if parts.stacking is not None:
+            parts.stacking.before_step(state.step)
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(ga)]
         data_seconds = time.perf_counter() - t0

@@ -62,6 +62,7 @@ class Watchdog:
     def __init__(self, policy: str, max_skips: int, max_rewinds: int, spike, state, checkpoints,
                  hints: dict, log: Callable[[str], None] = print):
         self.policy, self.max_skips, self.max_rewinds = policy, max_skips, max_rewinds
+        self.on_rewind = None           # callable(to_step, step) after a checkpoint was reloaded
         self.spike = spike              # LossSpikeConfig: factor, window, warmup, action
         self.state = state              # TrainState
         self.checkpoints = checkpoints  # CheckpointManager: latest_step(), root, rewind(engine)
@@ -147,6 +148,8 @@ class Watchdog:
         if found is None:
             return Verdict(event="nonfinite", stop=self._stop_message(step, f"{why}; no checkpoint to rewind to yet"))
         to_step, path = found
+        if self.on_rewind is not None:  # e.g. progressive stacking re-grows what the checkpoint predates
+            self.on_rewind(to_step, step)
         s.rewinds.append({"at": step, "to": to_step, "why": why})
         s.discard(to_step + 1, step)
         s.nonfinite_streak = 0

@@ -258,6 +258,38 @@ def scenario_universal(topo, work):
     return res
 
 
+def scenario_copy(topo, work):
+    """copy_parameters (progressive stacking): layer 1 <- layer 0 in the module, the fp32 master
+    copy and the optimizer (fresh moments), for ZeRO 0-2 and bf16; training goes on from there."""
+    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+
+    res = {}
+    for name, zero, dtype in (("z0", 0, "fp32"), ("z1", 1, "fp32"), ("z2", 2, "fp32"), ("z1bf16", 1, "bf16")):
+        engine = make_engine(topo, zero=zero, dtype=dtype, dropout=0.0)
+        run(engine, topo, 2, 2)
+        params = dict(engine.module.named_parameters())
+        pairs = [(n, n.replace("encoder.0.", "encoder.1.", 1)) for n in params if n.startswith("encoder.0.")]
+        pairs = [(dst, src) for src, dst in pairs]
+        engine.copy_parameters(pairs)
+        out = {"module_equal": all(torch.equal(params[d], params[s]) for d, s in pairs)}
+        if zero > 0 or dtype != "fp32":
+            out["master_equal"] = all(torch.equal(safe_get_full_fp32_param(params[d]), safe_get_full_fp32_param(params[s]))
+                                      for d, s in pairs)
+            moments = [(safe_get_full_optimizer_state(params[d], "exp_avg"),
+                        safe_get_full_optimizer_state(params[s], "exp_avg")) for d, s in pairs]
+        else:
+            state = engine.guard.inner.state
+            out["dst_state_dropped"] = all(params[d] not in state for d, _ in pairs)
+            moments = [(torch.zeros(1), state[params[s]]["exp_avg"]) for d, s in pairs]
+        out["dst_moments_zero"] = all(float(a.abs().sum()) == 0.0 for a, _ in moments)
+        out["src_moments_kept"] = all(float(b.abs().sum()) > 0.0 for _, b in moments)
+        more = run(engine, topo, 2, 4)
+        out["finite_after"] = all(m["loss"] == m["loss"] for m in more)
+        out["dst_moved"] = not all(torch.equal(params[d], params[s]) for d, s in pairs)
+        res[name] = out
+    return res
+
+
 def main():
     scenario, work = sys.argv[1], sys.argv[2]
     topo = detect()

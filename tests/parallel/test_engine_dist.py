@@ -141,3 +141,11 @@ def test_one_rank_non_finite_step_is_dropped_on_every_rank_and_a_live_reload_is_
         assert losses(out["reloaded"]) == losses(out["after"]), layout
         assert [m["grad_norm"] for m in out["reloaded"]] == [m["grad_norm"] for m in out["after"]], layout
         assert out["poisoned_weights_finite"] is False, layout
+
+
+def test_copy_parameters_copies_weights_and_master_and_starts_fresh_moments(tmp_path):
+    r = launch("copy", tmp_path)
+    for name, out in r.items():
+        assert out["module_equal"] and out["dst_moments_zero"] and out["src_moments_kept"], (name, out)
+        assert out.get("master_equal", True) and out.get("dst_state_dropped", True), (name, out)
+        assert out["finite_after"] and out["dst_moved"], (name, out)
