@@ -43,10 +43,13 @@ class DeepSpeedEngine(Engine):
         norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
-    def _reduce(self, loss_sum: torch.Tensor, stats: dict[str, float]) -> dict[str, float]:
+    def _reduce(self, loss_sum: torch.Tensor, stats: dict) -> dict[str, float]:
+        """One all-reduce of the loss and the stats (device tensors or floats): the step's one
+        read of device values on the host."""
         keys = sorted(stats)
-        vec = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=loss_sum.device)
-        vec = torch.cat([loss_sum.reshape(1), vec])
+        vec = torch.stack([loss_sum.reshape(())] + [torch.as_tensor(stats[k], dtype=torch.float64,
+                                                                    device=loss_sum.device).reshape(())
+                                                    for k in keys])
         values = all_reduce_sum(vec).tolist()
         return {"loss": values[0], **dict(zip(keys, values[1:]))}
 
@@ -66,14 +69,15 @@ class DeepSpeedEngine(Engine):
         skipped_before = int(getattr(self.ds, "skipped_steps", 0))
         self.ds.train()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.topo.device)
-        stats_sum: dict[str, float] = {}
+        stats_sum: dict = {}
         for micro, batch in enumerate(batches):
             self._seed(step, micro)
             loss, stats = self._forward_loss(batch, mlm_norm, sent_norm)
             self.ds.backward(loss * self.dp_world_size, scale_wrt_gas=False)
             loss_sum += loss.detach().double()
-            for k, v in stats.items():
-                stats_sum[k] = stats_sum.get(k, 0.0) + scalar(v)
+            for k, v in stats.items():   # kept on the device until the one all-reduce
+                v = v.detach().double() if isinstance(v, torch.Tensor) else float(v)
+                stats_sum[k] = v if k not in stats_sum else stats_sum[k] + v
             if micro < len(batches) - 1:
                 self.ds.step()  # accumulation only: no update yet
         metrics = self._reduce(loss_sum, stats_sum)

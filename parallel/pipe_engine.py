@@ -75,7 +75,7 @@ class StageLoss:
         else:
             loss, stats = self.loss_fn(outputs, batch, mlm)
         self.losses.append(loss.detach())
-        self.stats.append({k: scalar(v) for k, v in stats.items()})
+        self.stats.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in stats.items()})
         return loss * self.scale if self.training else loss
 
 
@@ -176,7 +176,8 @@ class PipelineEngine(Engine):
         sl = self.stage_loss
         vec = torch.zeros(1 + len(keys), dtype=torch.float64, device=self.topo.device)
         if self.is_last:
-            vec[0] = float(sum(float(l) for l in sl.losses))
+            # Summed on the device: the all-reduce below is the step's one read on the host.
+            vec[0] = sum(l.double() for l in sl.losses)
             for i, k in enumerate(keys):
                 vec[1 + i] = sum(s.get(k, 0.0) for s in sl.stats)
         values = all_reduce_sum(vec).tolist()
@@ -230,7 +231,7 @@ class PipelineEngine(Engine):
         sl = self.stage_loss
         if not self.is_last:
             return {"loss": 0.0}
-        return {"loss": scalar(sl.losses[0]), **sl.stats[0]}
+        return {"loss": scalar(sl.losses[0]), **{k: scalar(v) for k, v in sl.stats[0].items()}}
 
     # ---------------------------------------------------------------- weights
     def _stage_state(self) -> dict:

@@ -15,14 +15,16 @@ import torch
 import torch.nn.functional as F
 
 from pretrain.data.config import ObjectiveConfig
-from pretrain.model.heads import IGNORE_INDEX, PretrainingOutput
+from pretrain.model.heads import PretrainingOutput
+from pretrain.model.layout import IGNORE_INDEX
 
 STAT_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct", "sentence_count")
 
 
 def sentence_targets(out: PretrainingOutput, sentence_label: torch.Tensor) -> torch.Tensor:
-    """The labels of the examples whose logits `out.sentence_logits` holds, in their order: a [B]
-    label vector as it is (one example per row), a [B, L] one (packed rows) read at the examples'
+    """The labels of the examples whose logits `out.sentence_logits` holds, in their order: a [N]
+    label vector as it is (one label per example, the loader's form: one example per row, or the
+    examples of packed rows in row-major order), a [B, L] one (packed rows) read at the examples'
     first tokens, `out.sentence_index`."""
     if sentence_label.dim() == 1:
         return sentence_label
@@ -47,8 +49,9 @@ def pretraining_loss(
     batch: needs "sentence_label" when the model has a sentence head: [B] (one example per row)
     or [B, L] (packed rows: each example's label at its first token; see `sentence_targets`).
     Cross-entropies run in fp32 (logits upcast) whatever the autocast dtype.
-    Returns (scalar loss tensor, stats) with stats = python float *sums* over this micro-batch
-    (keys STAT_KEYS); accuracy = correct / count after summing across ranks and micro-steps.
+    Returns (scalar loss tensor, stats) with stats = 0-dim float64 tensors (on the logits' device)
+    holding *sums* over this micro-batch (keys STAT_KEYS); accuracy = correct / count after
+    summing across ranks and micro-steps. Nothing here reads a device value on the host.
     """
     mlm_logits = out.mlm_logits.float()
     mlm_labels = out.mlm_labels
@@ -73,7 +76,8 @@ def pretraining_loss(
             sentence_normalizer, dtype=torch.float32, device=s_logits.device)
         loss = loss + cfg.sentence_weight * sentence_loss_sum / s_norm.clamp_min(1)
 
-    values = torch.stack([t.detach().float() for t in
-                          (mlm_loss_sum, mlm_correct, mlm_count, sentence_loss_sum, sentence_correct, sentence_count)])
-    stats = dict(zip(STAT_KEYS, values.tolist()))  # one device->host copy
+    # 0-dim tensors on the device: the engine sums them over micro-batches and ranks and reads
+    # them once per step (its one all-reduce); reading them here would stop a GPU per micro-batch.
+    values = (mlm_loss_sum, mlm_correct, mlm_count, sentence_loss_sum, sentence_correct, sentence_count)
+    stats = {k: t.detach().double() for k, t in zip(STAT_KEYS, values)}
     return loss, stats

@@ -11,6 +11,7 @@ _EXPORTS = {
     "DataError": "pretrain.data.errors",
     "check_tokenizer": "pretrain.data.tokens",
     "check_vocab_size": "pretrain.data.tokens",
+    "batch_examples": "pretrain.model.layout",
 }
 __all__ = list(_EXPORTS)
 

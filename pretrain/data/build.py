@@ -28,6 +28,8 @@ def _validate(data_cfg: DataConfig, obj: ObjectiveConfig) -> None:
         raise DataError(f"objective.masking={obj.masking!r}: expected one of {MASKING_MODES}")
     if data_cfg.max_seq_len < 8:
         raise DataError(f"data.max_seq_len={data_cfg.max_seq_len}: must be >= 8")
+    if data_cfg.pack_lookahead < 1:
+        raise DataError(f"data.pack_lookahead={data_cfg.pack_lookahead}: must be >= 1")
     if data_cfg.micro_batch_size < 1:
         raise DataError(f"data.micro_batch_size={data_cfg.micro_batch_size}: must be >= 1")
     if not 0.0 < obj.mlm_probability < 1.0:
@@ -58,6 +60,8 @@ def _build(data_cfg, obj, rank, world_size, manifest_or_path, split, urls, epoch
         short_seq_prob=float(data_cfg.short_seq_prob),
         epochs=epochs,
         with_ids=with_ids,
+        packing=bool(data_cfg.packing),
+        pack_lookahead=int(data_cfg.pack_lookahead),
     )
     return ResumableLoader(spec, rank, world_size, int(data_cfg.num_workers), int(data_cfg.prefetch_factor),
                            pin_memory)

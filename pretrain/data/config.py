@@ -18,6 +18,8 @@ class DataConfig:
     num_workers: int = 1                # DataLoader workers per rank (0 = in the main process)
     prefetch_factor: int = 2
     short_seq_prob: float = 0.1
+    packing: bool = True                # several examples per row (docs/data.md "Packing")
+    pack_lookahead: int = 64            # examples the packer holds to fill rows (>= 1)
     seed: int = 1234
 
 

@@ -117,14 +117,32 @@ def _random_b(other: Document, doc_id: int, seed: int, epoch: int, want: int) ->
     return other.ids[start:stop]
 
 
+def whole_document_examples(doc: Document, max_seq_len: int, epoch: int, stats: ExampleStats) -> list[Example]:
+    """The document's tokens in order, cut into examples of ``max_seq_len - 2`` tokens (the last
+    one shorter): with packing, an MLM-only example wastes nothing and truncates nothing."""
+    budget = max_seq_len - 2
+    ids = doc.ids
+    examples = [Example(doc.doc_id, epoch, k, ids[start:start + budget], None, -100)
+                for k, start in enumerate(range(0, len(ids), budget))]
+    stats.single_segment_examples += len(examples)
+    stats.split_sentences += max(0, len(examples) - 1)
+    stats.examples += len(examples)
+    return examples
+
+
 def build_examples(doc: Document, other: Optional[Document], max_seq_len: int, short_seq_prob: float,
-                   sentence_task: str, seed: int, epoch: int, stats: ExampleStats) -> list[Example]:
-    """All examples of one document, in order (deterministic in (seed, epoch, doc id))."""
+                   sentence_task: str, seed: int, epoch: int, stats: ExampleStats,
+                   whole_documents: bool = False) -> list[Example]:
+    """All examples of one document, in order (deterministic in (seed, epoch, doc id)).
+
+    whole_documents (packing, sentence_task "none"): `whole_document_examples`, no short_seq_prob."""
     if sentence_task not in SENTENCE_TASKS:
         raise ValueError(f"sentence_task {sentence_task!r} not in {SENTENCE_TASKS}")
     stats.documents += 1
     if len(doc.sentence_ends) == 1:
         stats.one_sentence_documents += 1
+    if whole_documents and sentence_task == "none":
+        return whole_document_examples(doc, max_seq_len, epoch, stats)
     rng = rng_for(seed, epoch, doc.doc_id, PURPOSE_PAIRS)
     pair = sentence_task != "none"
     budget = max_seq_len - (3 if pair else 2)

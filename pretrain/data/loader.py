@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from pretrain.data.errors import DataError
 from pretrain.data.plan import resplit
 from pretrain.data.stream import Stream, StreamSpec, fresh_state
+from pretrain.model.layout import batch_examples
 
 CURSOR_VERSION = 1
 
@@ -82,7 +83,7 @@ class ResumableLoader:
             self._states[local] = state
             self._next = (local + 1) % self.n_local
             self.stats.update(batch.pop("_stats"))
-            self.stats.update({"batches": 1, "samples": int(batch["input_ids"].shape[0]),
+            self.stats.update({"batches": 1, "samples": batch_examples(batch), "rows": int(batch["input_ids"].shape[0]),
                                "tokens": int(batch["attention_mask"].sum()),
                                "masked_tokens": int((batch["labels"] != -100).sum())})
             yield batch

@@ -1,4 +1,7 @@
-"""Examples -> a padded, masked batch (the dict in docs/architecture.md), vectorised with numpy.
+"""Rows of examples -> a padded, masked batch (the dict in docs/architecture.md), vectorised with numpy.
+
+Masks do not depend on where an example lands: each example is masked on its own (its budget,
+its generator, positions relative to its [CLS]) before it is placed in its row.
 
 How many: per sequence ``n = max(1, round(mlm_probability * m))`` where m = number of maskable
 tokens (every real token except [CLS]/[SEP]/[PAD] and other special ids). Which:
@@ -24,6 +27,7 @@ import torch
 from pretrain.data.config import ObjectiveConfig
 from pretrain.data.examples import Example, rng_for
 from pretrain.data.tokens import TokenTable
+from pretrain.model.layout import batch_layout
 
 PURPOSE_MASK = 5
 MASKING_MODES = ("token", "whole_word", "span")
@@ -35,8 +39,68 @@ class Masker:
             raise ValueError(f"objective.masking {cfg.masking!r} not in {MASKING_MODES}")
         self.t, self.cfg, self.seed, self.L = table, cfg, seed, max_seq_len
 
-    def collate(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        """Pad, build segment ids, mask; returns int64 tensors (+ nothing else)."""
+    def collate(self, rows: Sequence) -> dict:
+        """Rows (each an Example, or a list of Examples packed into one row) -> the batch dict
+        (docs/data.md "Batch"): int64 tensors, the layout fields, one sentence label per example.
+
+        Every example is encoded and masked on its own, left-aligned in a [max_seq_len] vector
+        (so its tokens and mask are the same in any row, at any offset), then placed in its row."""
+        rows = [[r] if isinstance(r, Example) else list(r) for r in rows]
+        examples = [ex for row in rows for ex in row]
+        ids, tt, labels, lengths = self._encode(examples)
+        b, n, L = len(rows), len(examples), self.L
+        if n == b:   # one example per row: the rows are the encoded examples
+            out_ids, out_tt, out_labels = ids, tt, labels
+            attention = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int64)
+            positions = np.broadcast_to(np.arange(L, dtype=np.int64), (b, L)).copy()
+        else:
+            out_ids, out_tt, out_labels, attention, positions = self._place(rows, ids, tt, labels, lengths)
+        batch = {
+            "input_ids": torch.from_numpy(out_ids),
+            "token_type_ids": torch.from_numpy(out_tt),
+            "attention_mask": torch.from_numpy(attention),
+            "labels": torch.from_numpy(out_labels),
+            "position_ids": torch.from_numpy(positions),
+            "sentence_label": torch.tensor([ex.label for ex in examples], dtype=torch.int64),
+        }
+        batch.update(batch_layout(batch["attention_mask"], batch["position_ids"], batch["labels"]))
+        return batch
+
+    def _place(self, rows, ids, tt, labels, lengths):
+        """Examples ([N, L] left-aligned) -> rows [B, L]: each at its offset; positions restart at
+        0 per example; pads continue their row's last example."""
+        b, L = len(rows), self.L
+        counts = np.array([len(r) for r in rows])
+        row_of = np.repeat(np.arange(b), counts)
+        ends = np.cumsum(lengths)
+        starts_all = ends - lengths
+        row_first = np.cumsum(counts) - counts                 # index of each row's first example
+        offset = starts_all - starts_all[row_first][row_of]    # offset of each example in its row
+        if (offset + lengths > L).any():
+            raise ValueError("a packed row exceeds max_seq_len")
+        within = np.arange(int(ends[-1])) - np.repeat(starts_all, lengths)   # position in its example
+        example_of = np.repeat(np.arange(len(lengths)), lengths)
+        dest = np.repeat(row_of * L + offset, lengths) + within
+        src = example_of * L + within
+        out_ids = np.full((b, L), self.t.pad_id, dtype=np.int64)
+        out_tt = np.zeros((b, L), dtype=np.int64)
+        out_labels = np.full((b, L), -100, dtype=np.int64)
+        attention = np.zeros((b, L), dtype=np.int64)
+        positions = np.zeros((b, L), dtype=np.int64)
+        for out, values in ((out_ids, ids), (out_tt, tt), (out_labels, labels)):
+            out.reshape(-1)[dest] = values.reshape(-1)[src]
+        attention.reshape(-1)[dest] = 1
+        positions.reshape(-1)[dest] = within
+        last_start = offset[row_first + counts - 1]
+        fill = last_start + lengths[row_first + counts - 1]
+        col = np.arange(L)[None, :]
+        tail = col >= fill[:, None]
+        positions = np.where(tail, col - last_start[:, None], positions)
+        return out_ids, out_tt, out_labels, attention, positions
+
+    def _encode(self, examples: Sequence[Example]):
+        """Each example as [CLS] A [SEP] (B [SEP]), padded to L, masked: ids, token types, labels
+        [N, L] and lengths [N]."""
         t, L, B = self.t, self.L, len(examples)
         ids = np.full((B, L), t.pad_id, dtype=np.int64)
         tt = np.zeros((B, L), dtype=np.int64)
@@ -58,7 +122,6 @@ class Masker:
                 n += nb + 1
             lengths[r] = n
         maskable &= ~t.is_special[ids]
-        attention = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int64)
         # One generator per example; its first draw is a [3, L] block: selection keys,
         # 80/10/10 decisions, replacement ids.
         u = np.empty((B, 3, L))
@@ -84,13 +147,7 @@ class Masker:
         pool = t.replacement_ids
         rand_ids = pool[np.minimum((u[:, 2] * len(pool)).astype(np.int64), len(pool) - 1)]
         ids = np.where(to_mask, t.mask_id, np.where(to_rand, rand_ids, ids))
-        return {
-            "input_ids": torch.from_numpy(ids),
-            "token_type_ids": torch.from_numpy(tt),
-            "attention_mask": torch.from_numpy(attention),
-            "labels": torch.from_numpy(labels),
-            "sentence_label": torch.tensor([ex.label for ex in examples], dtype=torch.int64),
-        }
+        return ids, tt, labels, lengths
 
     def _select_words(self, ids, maskable, n, keys, rng) -> np.ndarray:
         pos = np.flatnonzero(maskable)

@@ -12,6 +12,8 @@ Plan of epoch e over n streams: shuffle the shards with (seed, e) and deal them 
 fewer shards than streams every shard is cut into m = ceil(n / shards) strided pieces (first k,
 stride m) that are dealt instead, so every stream gets work and no document is read twice.
 A cursor taken with one layout is re-split for another with the same `deal` (see `resplit`).
+With packing an item may also list examples to leave out (`exclude`): emitted before the cursor
+was taken although read after its position; they stay excluded through any re-split.
 """
 from __future__ import annotations
 
@@ -34,25 +36,32 @@ class WorkItem:
     skip: int
     epoch: int
     prev: bool = False
+    # (document position, example index) pairs already emitted: with packing, examples leave the
+    # packer out of reading order, so a cursor names the ones read past its position and emitted.
+    exclude: tuple = ()
 
     def to_json(self) -> list:
-        return [self.url, self.first, self.stride, self.skip, self.epoch, self.prev]
+        out = [self.url, self.first, self.stride, self.skip, self.epoch, self.prev]
+        return out + [[list(e) for e in self.exclude]] if self.exclude else out
 
     @classmethod
     def from_json(cls, x: Sequence) -> "WorkItem":
-        url, first, stride, skip, epoch, prev = x
-        return cls(str(url), int(first), int(stride), int(skip), int(epoch), bool(prev))
+        url, first, stride, skip, epoch, prev = x[:6]
+        exclude = tuple(sorted((int(p), int(i)) for p, i in x[6])) if len(x) > 6 else ()
+        return cls(str(url), int(first), int(stride), int(skip), int(epoch), bool(prev), exclude)
+
+    def covers(self, pos: int) -> bool:
+        """Whether the document at `pos` of the shard is one of this item's."""
+        return pos >= self.first and (pos - self.first) % self.stride == 0
 
 
 def split_item(item: WorkItem, m: int) -> list[WorkItem]:
     """Cut an item into m strided pieces that together cover exactly its documents."""
     if m <= 1:
         return [item]
-    return [
-        WorkItem(item.url, item.first + k * item.stride, item.stride * m,
-                 item.skip if k == 0 else 0, item.epoch, False)
-        for k in range(m)
-    ]
+    pieces = [WorkItem(item.url, item.first + k * item.stride, item.stride * m,
+                       item.skip if k == 0 else 0, item.epoch, False) for k in range(m)]
+    return [replace(p, exclude=tuple(e for e in item.exclude if p.covers(e[0]))) for p in pieces]
 
 
 def _nonempty(item: WorkItem, counts: dict) -> bool:

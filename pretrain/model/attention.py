@@ -23,6 +23,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from .layout import IGNORE_INDEX, batch_layout, default_positions, example_starts_mask, is_packed
+
 BACKENDS = ("auto", "sdpa", "flash")
 
 
@@ -52,12 +54,6 @@ def resolve_backend(name: str, unpad: bool, device: torch.device) -> str:
     return "flash"
 
 
-def default_positions(input_ids: torch.Tensor) -> torch.Tensor:
-    """[B, L] positions 0..L-1 of rows that hold one example each."""
-    b, l = input_ids.shape[:2]
-    return torch.arange(l, device=input_ids.device).expand(b, l)
-
-
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -67,27 +63,32 @@ class AttentionContext:
     """What every layer of one forward shares: the layout, the masks, the rotary tables.
 
     attention_mask, position_ids: [B, L] int (position_ids None = one example per row).
-    unpad: flatten to the real tokens. packed: rows may hold several examples (position_ids
-    given); when False and no local window is asked for, the padded path uses a key mask only.
+    layout: the batch's layout fields (pretrain/model/layout.py), computed by the loader on the
+    CPU; None = computed here when needed (a device sync on a GPU). unpad: flatten to the real
+    tokens. packed: some row holds several examples (known from the layout's shapes, or from
+    position_ids being given when there is no layout); when False and no local window is asked
+    for, the padded path uses a key mask only, and rotary tables of the default positions are
+    cached across forwards.
     """
 
     def __init__(self, attention_mask: Optional[torch.Tensor], position_ids: Optional[torch.Tensor],
-                 input_ids: torch.Tensor, *, unpad: bool, backend: str = "auto"):
+                 input_ids: torch.Tensor, *, unpad: bool, backend: str = "auto", layout: Optional[dict] = None):
         """input_ids: any [B, L] tensor of the batch (for its shape and device)."""
         b, l = input_ids.shape[:2]
         device = input_ids.device
         self.shape = (b, l)
-        self.packed = position_ids is not None
+        self.device = device
+        self._layout = {k: (v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v)
+                        for k, v in (layout or {}).items() if v is not None}
+        if "example_starts" in self._layout:
+            self.packed = is_packed(self._layout["example_starts"], b)
+        else:
+            self.packed = position_ids is not None
         self.valid = (torch.ones((b, l), dtype=torch.bool, device=device) if attention_mask is None
                       else attention_mask.to(device).bool())
-        self.positions = default_positions(input_ids) if position_ids is None else position_ids.to(device)
-        starts = (self.positions == 0) & self.valid if self.packed else None
-        # Example index per token (1-based within a row, 0 on padding): the block-diagonal mask.
-        if self.packed:
-            self.seq_id = torch.cumsum(starts.long(), dim=1) * self.valid
-        else:
-            self.seq_id = self.valid.long()
-        self.starts = starts
+        # One example per row: positions are 0..L-1 (the loader's are; pads continue the row).
+        self._default_positions = position_ids is None or not self.packed
+        self.positions = default_positions(input_ids) if self._default_positions else position_ids.to(device)
         self.unpadded = bool(unpad)
         self.backend = resolve_backend(backend, self.unpadded, device)
         self._masks: dict = {}
@@ -95,22 +96,23 @@ class AttentionContext:
         self.indices = self.cu_seqlens = None
         self.max_seqlen = l
         if self.unpadded:
-            flat_valid = self.valid.reshape(-1)
-            self.indices = flat_valid.nonzero().squeeze(1)          # [T] into B*L, row-major
-            seq = self.seq_id.reshape(-1)[self.indices]
-            row = self.indices // l
-            first = torch.ones_like(seq, dtype=torch.bool)
-            first[1:] = (seq[1:] != seq[:-1]) | (row[1:] != row[:-1])
-            bounds = first.nonzero().squeeze(1)
-            total = torch.tensor([self.indices.numel()], device=device, dtype=bounds.dtype)
-            self.cu_seqlens = torch.cat([bounds, total]).to(torch.int32)
+            self.indices = self._field("token_index")
+            self.cu_seqlens = self._field("cu_seqlens")
             if self.backend == "flash":
-                self.max_seqlen = int((self.cu_seqlens[1:] - self.cu_seqlens[:-1]).max())
+                self.max_seqlen = int(self._field("max_seqlen"))
+
+    def _field(self, name: str):
+        """A layout field: the batch's, or computed once on this device (syncs on a GPU)."""
+        if name not in self._layout:
+            computed = batch_layout(self.valid, self.positions if self.packed else None)
+            for key, value in computed.items():
+                self._layout.setdefault(key, value)
+        return self._layout[name]
 
     # ------------------------------------------------------------------ layout
     def token_positions(self) -> torch.Tensor:
         """Positions in the layout of the hidden states: [B, L] or [T]."""
-        return self.positions.reshape(-1)[self.indices] if self.unpadded else self.positions
+        return self.positions.reshape(-1).index_select(0, self.indices) if self.unpadded else self.positions
 
     def to_layout(self, x: torch.Tensor) -> torch.Tensor:
         """A [B, L, ...] tensor in this context's layout ([T, ...] when unpadded)."""
@@ -128,10 +130,36 @@ class AttentionContext:
 
     def example_starts(self) -> torch.Tensor:
         """Flat indices into [B*L] of every example's first token, row-major."""
+        return self._field("example_starts")
+
+    def first_tokens(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[N, H]: the hidden state of every example's first token, in example order."""
         if self.unpadded:
-            return self.indices.index_select(0, self.cu_seqlens[:-1].long())
-        starts = self.starts if self.packed else self.valid & (torch.cumsum(self.valid.long(), 1) == 1)
-        return starts.reshape(-1).nonzero().squeeze(1)
+            return hidden.index_select(0, self.cu_seqlens[:-1].long())
+        if not self.packed:
+            return hidden[:, 0]
+        return hidden.reshape(-1, hidden.shape[-1]).index_select(0, self.example_starts())
+
+    def labelled(self, hidden: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(hidden [M, H], labels [M]) at the positions with a label, row-major: the batch's
+        `masked_index` when the loader gave it (no sync), else found here."""
+        flat_labels = labels.to(self.device).reshape(-1)
+        if "masked_index" in self._layout:
+            flat = self._layout["masked_index"]
+        else:
+            flat = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
+        picked = flat
+        if self.unpadded:  # flat [B*L] index -> index among the real tokens
+            picked = (torch.cumsum(self.valid.reshape(-1).long(), 0) - 1).index_select(0, flat)
+        width = hidden.shape[-1]
+        return hidden.reshape(-1, width).index_select(0, picked), flat_labels.index_select(0, flat)
+
+    def _seq_id(self) -> torch.Tensor:
+        """Example index per token (1-based within a row, 0 on padding): the block-diagonal mask."""
+        if not self.packed:
+            return self.valid.long()
+        starts = example_starts_mask(self.valid, self.positions)
+        return torch.cumsum(starts.long(), dim=1) * self.valid
 
     # ------------------------------------------------------------------ masks
     def mask(self, window: Optional[int]) -> torch.Tensor:
@@ -142,7 +170,8 @@ class AttentionContext:
             if not self.packed and not window:
                 self._masks[key] = self.valid[:, None, None, :]
             else:
-                same = self.seq_id[:, :, None] == self.seq_id[:, None, :]
+                seq_id = self._seq_id()
+                same = seq_id[:, :, None] == seq_id[:, None, :]
                 allowed = same & self.valid[:, None, :]
                 if window:
                     l = self.shape[1]
@@ -159,13 +188,10 @@ class AttentionContext:
     def rotary(self, theta: float, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin) fp32, [..., head_dim] in this layout, for rotary positions with `theta`."""
         key = (float(theta), head_dim)
+        if self._default_positions and not self.unpadded:
+            return _default_rotary(self.shape[1], float(theta), head_dim, self.device)
         if key not in self._rotary:
-            pos = self.token_positions().float()
-            inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32)
-                                        / head_dim))
-            freqs = pos[..., None] * inv_freq
-            emb = torch.cat((freqs, freqs), dim=-1)
-            self._rotary[key] = (emb.cos(), emb.sin())
+            self._rotary[key] = _rotary_tables(self.token_positions(), theta, head_dim)
         return self._rotary[key]
 
     # ------------------------------------------------------------------ attention
@@ -182,6 +208,23 @@ class AttentionContext:
                                              attn_mask=self.mask(window), dropout_p=dropout_p)
         out = out.transpose(1, 2)
         return self.to_layout(out) if self.unpadded else out
+
+
+def _rotary_tables(positions: torch.Tensor, theta: float, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    pos = positions.float()
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=pos.device, dtype=torch.float32) / head_dim))
+    freqs = pos[..., None] * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+@functools.lru_cache(maxsize=64)
+def _default_rotary(length: int, theta: float, head_dim: int, device: torch.device):
+    """[L, head_dim] tables of positions 0..L-1, shared by every forward of that shape (rows of
+    one example each, e.g. every layer of an unpacked pipeline stage). Made outside inference
+    mode so a later training forward may save them for backward."""
+    with torch.inference_mode(False), torch.no_grad():
+        return _rotary_tables(torch.arange(length, device=device), theta, head_dim)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -14,8 +14,12 @@ class EncoderLayer(nn.Module):
     Called two ways: `layer(hidden, ctx)` by the model (hidden in the context's layout, padded
     [B,L,H] or unpadded [T,H]), and `layer((hidden [B,L,H], position_ids, attention_mask, labels))`
     in the pipeline form, where each layer builds its own padded context from the carried ids
-    (DeepSpeed passes only tensors between stages) and returns the same 4-tuple.
+    (DeepSpeed passes only tensors between stages) and returns the same 4-tuple. There the
+    carried position_ids mark packed rows only when `packed_rows` is set: rows of one example
+    each then take the key-mask-only path and the cached rotary tables.
     """
+
+    packed_rows = True   # pipeline form: rows may hold several examples (PretrainingModel.set_packed_rows)
 
     def block(self, hidden, ctx: AttentionContext):
         raise NotImplementedError
@@ -24,7 +28,7 @@ class EncoderLayer(nn.Module):
         if ctx is not None:
             return self.block(inputs, ctx)
         hidden, position_ids, attention_mask, labels = inputs
-        ctx = AttentionContext(attention_mask, position_ids, hidden, unpad=False)
+        ctx = AttentionContext(attention_mask, position_ids if self.packed_rows else None, hidden, unpad=False)
         return self.block(hidden, ctx), position_ids, attention_mask, labels
 
 

@@ -49,6 +49,8 @@ def flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, n_masked_tot
 
 def example_lengths(batch: dict) -> np.ndarray:
     """Token lengths of every example of a batch (CPU tensors; docs/architecture.md "Batches")."""
+    if batch.get("cu_seqlens") is not None:   # the loader's layout
+        return np.diff(batch["cu_seqlens"].numpy().astype(np.int64))
     mask = batch["attention_mask"].numpy().astype(bool) if "attention_mask" in batch else \
         np.ones(tuple(batch["input_ids"].shape), dtype=bool)
     pos = batch.get("position_ids")

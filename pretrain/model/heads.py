@@ -10,7 +10,6 @@ from .activations import activation
 from .attention import AttentionContext
 from .config import ModelConfig
 
-IGNORE_INDEX = -100
 
 
 class PretrainingOutput(NamedTuple):
@@ -75,7 +74,8 @@ class PretrainingHeads(nn.Module):
     Called as `heads(hidden, ctx, labels)` by the model (any layout of the context), or as
     `heads((hidden [B,L,H], position_ids, attention_mask, labels))` in the pipeline form.
     labels given: gather the rows with labels != -100 *before* the transform and decoder, so the
-    [*, V] matmul (the most expensive op at V=30522 and short sequences) runs on ~15% of tokens.
+    [*, V] matmul (the most expensive op at V=30522 and short sequences) runs on ~15% of tokens
+    (at the batch's `masked_index` when the loader gave one: no device sync).
     labels None: logits at every position, [B, L, V] (HF comparisons, fill-mask; pads of an
     unpadded context get the logits of a zero hidden state).
     """
@@ -86,31 +86,22 @@ class PretrainingHeads(nn.Module):
         self.final_norm = final_norm if final_norm is not None else nn.Identity()
         self.mlm = MLMHead(cfg, word_embeddings)
         self.sentence = SentenceHead(cfg, sentence_dropout) if cfg.sentence_head != "none" else None
+        self.packed_rows = True   # pipeline form only: see PretrainingModel.set_packed_rows
 
     def forward(self, inputs, ctx: Optional[AttentionContext] = None, labels: Optional[torch.Tensor] = None,
                 ) -> PretrainingOutput:
         if ctx is None:
             hidden, position_ids, attention_mask, labels = inputs
-            ctx = AttentionContext(attention_mask, position_ids, hidden, unpad=False)
+            ctx = AttentionContext(attention_mask, position_ids if self.packed_rows else None, hidden, unpad=False)
         else:
             hidden = inputs
         hidden = self.final_norm(hidden)
-        width = hidden.shape[-1]
         sentence_logits = sentence_index = None
         if self.sentence is not None:
-            if ctx.unpadded:
-                first = hidden.index_select(0, ctx.cu_seqlens[:-1].long())
-            elif ctx.packed:
-                first = hidden.reshape(-1, width).index_select(0, ctx.example_starts())
-            else:
-                first = hidden[:, 0]
+            sentence_logits = self.sentence(ctx.first_tokens(hidden))
             if ctx.packed:
                 sentence_index = ctx.example_starts()
-            sentence_logits = self.sentence(first)
         if labels is None:
             return PretrainingOutput(self.mlm(ctx.to_padded(hidden)), None, sentence_logits, sentence_index)
-        flat_labels = ctx.to_layout(labels).reshape(-1)
-        picked = torch.nonzero(flat_labels != IGNORE_INDEX).squeeze(1)
-        masked_hidden = hidden.reshape(-1, width).index_select(0, picked)
-        return PretrainingOutput(self.mlm(masked_hidden), flat_labels.index_select(0, picked), sentence_logits,
-                                 sentence_index)
+        masked_hidden, masked_labels = ctx.labelled(hidden, labels)
+        return PretrainingOutput(self.mlm(masked_hidden), masked_labels, sentence_logits, sentence_index)

@@ -9,11 +9,14 @@ from torch.utils.checkpoint import checkpoint
 
 from . import registry
 from .activations import activation
-from .attention import BACKENDS, AttentionContext, default_positions
+from .attention import BACKENDS, AttentionContext
+from .layout import LAYOUT_KEYS, default_positions
 from .config import ModelConfig
 from .heads import PretrainingHeads, PretrainingOutput
 
 SENTENCE_HEADS = ("sop", "nsp", "none")
+# The batch keys `forward` takes (what an engine hands it from a loader's batch).
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids") + LAYOUT_KEYS
 
 
 class PretrainingModel(nn.Module):
@@ -56,14 +59,21 @@ class PretrainingModel(nn.Module):
         labels: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
         all_positions: bool = False,
+        **layout,
     ) -> PretrainingOutput:
         """input_ids/token_type_ids/attention_mask/labels/position_ids: [B, L] (docs/architecture.md).
         position_ids given = packed rows (several examples per row, positions restart at 0).
         all_positions=True (or labels=None): mlm_logits at every position, [B, L, V], and
-        mlm_labels = labels as given (computed on the padded rows whatever cfg.unpad says)."""
+        mlm_labels = labels as given (computed on the padded rows whatever cfg.unpad says).
+        layout: the batch's layout fields (pretrain/model/layout.py: cu_seqlens, max_seqlen,
+        token_index, example_starts, masked_index), made by the loader on the CPU so this forward
+        never asks the device for a shape; absent ones are computed here."""
+        unknown = set(layout) - set(LAYOUT_KEYS)
+        if unknown:
+            raise TypeError(f"PretrainingModel.forward got unexpected arguments {sorted(unknown)}")
         # Logits at every position (pads included, as transformers computes them) need the padded rows.
         ctx = AttentionContext(attention_mask, position_ids, input_ids, unpad=self.cfg.unpad and not all_positions and labels is not None,
-                               backend=self.cfg.attention_backend)
+                               backend=self.cfg.attention_backend, layout=layout)
         tt = None if token_type_ids is None else ctx.to_layout(token_type_ids)
         x = self.embeddings((ctx.to_layout(input_ids), tt), ctx)
         for layer in self.encoder_layers():
@@ -75,6 +85,13 @@ class PretrainingModel(nn.Module):
         if all_positions:
             out = out._replace(mlm_labels=labels)
         return out
+
+    def set_packed_rows(self, packed: bool) -> None:
+        """Whether rows may hold several examples, for the pipeline form, whose layers see only
+        the tensors DeepSpeed carries between stages: False (data.packing off) lets every stage
+        skip the per-example mask and position tables. The plain forward reads it off the batch."""
+        for layer in (self.embeddings, *self.encoder.layers, self.heads):
+            layer.packed_rows = bool(packed)
 
     def pipeline_inputs(self, batch: dict) -> tuple:
         """The first pipeline layer's input tuple for a batch (absent optional keys filled in)."""

@@ -15,6 +15,7 @@ from pretrain.data import build_eval_loader, build_train_loader, check_vocab_siz
 from pretrain.model import build_model
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import batch_flops
+from pretrain.model.pretraining import MODEL_INPUTS
 from pretrain.objectives import pretraining_loss
 from pretrain.shardformat import load_manifest
 from pretrain.tracking import build_tracker
@@ -67,6 +68,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     log = make_logger(topo.rank)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank, before any draw
     model, mcfg = build_model_from_config(cfg)
+    model.set_packed_rows(cfg.data.packing)   # the pipeline form's layers cannot see the batch's layout
     manifest = load_manifest(cfg.data.path)
     manager = CheckpointManager(run_dir, cfg.trainer.keep_checkpoints, log)
     parallel_cfg, precision_cfg, optim_cfg, schedule_cfg = (
@@ -83,6 +85,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         topo=topo,
         seed=cfg.run.seed,
         resume=plans[0] if plans else None,
+        model_inputs=MODEL_INPUTS,
     )
     state = TrainState(config_hash=config_hash(cfg), seed=cfg.run.seed, world_size=topo.world_size)
     client = manager.load(engine, plans)

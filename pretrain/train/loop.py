@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from parallel.topology import all_gather_object, barrier, reduce_sum
 from pretrain.data import merge_cursors
+from pretrain.model.layout import batch_examples
 from pretrain.train.budget import Budget, JobDeadline
 from pretrain.train.build import build_everything
 from pretrain.train.evaluate import evaluate
@@ -57,14 +58,15 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         # take the same branch below (a lone rank checkpointing would hang the others). Only the
         # first pipeline stage counts data: the other stages of a replica see the same batches.
         counts_data = topo.pp_rank == 0
-        tokens, samples, preempted, out_of_time, nonfinite = (int(v) for v in reduce_sum([
+        tokens, samples, positions, preempted, out_of_time, nonfinite = (int(v) for v in reduce_sum([
             sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
-            sum(len(b["input_ids"]) for b in micro) if counts_data else 0,
+            sum(batch_examples(b) for b in micro) if counts_data else 0,
+            sum(b["input_ids"].numel() for b in micro) if counts_data else 0,
             float(preempt.local), float(budget.out_of_time()), metrics.get("nonfinite", 0.0)]))
         state.step += 1
         state.consumed_tokens += tokens
         state.consumed_samples += samples
-        meter.add(tokens, samples, parts.flops_for(micro, metrics), data_seconds)
+        meter.add(tokens, samples, parts.flops_for(micro, metrics), data_seconds, positions)
         progress.update(state.step, metrics.get("loss"))
         verdict = watchdog.check(engine, state.step, metrics, nonfinite > 0)  # may rewind the engine
         if state.step % cfg.trainer.log_every == 0 or verdict.event:
@@ -116,6 +118,7 @@ class SampleRecorder:
         self._file = open(os.path.join(run_dir, "logs", f"samples-rank{rank}.jsonl"), "a")
 
     def record(self, step: int, micro: list) -> None:
+        """One line per example (packed rows hold several)."""
         for b in micro:
             rows = zip(b["epoch"].tolist(), b["doc_id"].tolist(), b["example_index"].tolist())
             for epoch, doc, example in rows:

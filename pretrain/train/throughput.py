@@ -81,12 +81,15 @@ class Meter:
         self.data_seconds = 0.0
         self.tokens = 0
         self.samples = 0
+        self.positions = 0
         self.flops = 0.0
         self.steps = 0
 
-    def add(self, tokens: int, samples: int, flops: float, data_seconds: float) -> None:
+    def add(self, tokens: int, samples: int, flops: float, data_seconds: float, positions: int = 0) -> None:
+        """tokens: real (non-pad) tokens; samples: examples; positions: all row positions."""
         self.tokens += tokens
         self.samples += samples
+        self.positions += positions
         self.flops += flops
         self.data_seconds += data_seconds
         self.steps += 1
@@ -97,6 +100,7 @@ class Meter:
         return {
             "tokens_per_s": self.tokens / elapsed,
             "samples_per_s": self.samples / elapsed,
+            "fill": self.tokens / self.positions if self.positions else float("nan"),
             "mfu": self.flops / (elapsed * peak_per_device * world_size),
             "data_wait": self.data_seconds / elapsed,
             "step_time": elapsed / max(self.steps, 1),

@@ -22,11 +22,12 @@ def data_dir(tmp_path_factory):
     return write_prepared(str(tmp_path_factory.mktemp("prepared")), {"train": 6, "valid": 1}, docs_per_shard=40)
 
 
-@pytest.fixture
-def make_cfg(data_dir):
+@pytest.fixture(params=[True, False], ids=["packed", "unpacked"])
+def make_cfg(data_dir, request):
+    """Every loader test runs with packing on (the default) and off."""
     def make(**kw):
         obj = {k: kw.pop(k) for k in list(kw) if hasattr(ObjectiveConfig, k)}
-        base = dict(path=data_dir, max_seq_len=SEQ, micro_batch_size=BATCH, num_workers=0)
+        base = dict(path=data_dir, max_seq_len=SEQ, micro_batch_size=BATCH, num_workers=0, packing=request.param)
         base.update(kw)
         return DataConfig(**base), ObjectiveConfig(**obj)
     return make

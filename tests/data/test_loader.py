@@ -8,6 +8,11 @@ import torch
 from pretrain.data import build_train_loader, merge_cursors
 
 
+def same(a, b) -> bool:
+    """Batch values: tensors (equal shape and values) or plain ints (max_seqlen)."""
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
 def take(it, n):
     return list(itertools.islice(it, n))
 
@@ -39,7 +44,7 @@ def test_resume_same_layout_is_exact_and_other_layouts_lose_nothing(make_cfg, ex
         for want, got in zip(reference[rank], take(iter(ld), 12)):
             assert want.keys() == got.keys()
             for k in want:
-                assert torch.equal(want[k], got[k]), k
+                assert same(want[k], got[k]), k
     # same loader, iterated again: continues after the consumed batches, not the prefetched ones
     again = take(iter(loaders[0]), 2)
     assert torch.equal(again[0]["input_ids"], take(iter(_restored(data, obj, 0, cursor, 21)), 1)[0]["input_ids"])
@@ -83,14 +88,24 @@ def test_same_seed_same_batches_other_seed_differs(make_cfg):
     assert not all(torch.equal(x["input_ids"], y["input_ids"]) for x, y in zip(a, c))
 
 
-def test_batch_contract_and_stats(make_cfg):
-    data, obj = make_cfg()
+@pytest.mark.parametrize("packing", [False, True])
+def test_batch_contract_and_stats(make_cfg, packing):
+    data, obj = make_cfg(packing=packing)
     ld = build_train_loader(data, obj, 0, 1)
-    b = take(iter(ld), 2)[1]
-    assert set(b) == {"input_ids", "token_type_ids", "attention_mask", "labels", "sentence_label"}
-    assert all(v.dtype == torch.int64 for v in b.values())
-    assert b["input_ids"].shape == (8, 64) and b["sentence_label"].shape == (8,)
+    batches = take(iter(ld), 2)
+    b = batches[1]
+    assert set(b) == {"input_ids", "token_type_ids", "attention_mask", "labels", "sentence_label", "position_ids",
+                      "cu_seqlens", "max_seqlen", "token_index", "example_starts", "masked_index"}
+    assert all(v.dtype == (torch.int32 if k == "cu_seqlens" else torch.int64)
+               for k, v in b.items() if k != "max_seqlen")
+    n = len(b["example_starts"])
+    assert b["input_ids"].shape == (8, 64) and b["sentence_label"].shape == (n,) and b["cu_seqlens"].shape == (n + 1,)
+    assert (n > 8) == packing and n >= 8
+    assert isinstance(b["max_seqlen"], int) and b["max_seqlen"] == int((b["cu_seqlens"][1:] - b["cu_seqlens"][:-1]).max())
+    assert torch.equal(b["token_index"], b["attention_mask"].reshape(-1).nonzero().squeeze(1))
+    assert torch.equal(b["masked_index"], (b["labels"].reshape(-1) != -100).nonzero().squeeze(1))
     assert ld.stats["batches"] == 2 and ld.stats["tokens"] > 0 and ld.stats["documents"] > 0
+    assert ld.stats["samples"] == sum(len(x["example_starts"]) for x in batches)   # examples, not rows
 
 
 def test_exact_resume_with_nsp_and_whole_word_masking(make_cfg):
@@ -103,5 +118,5 @@ def test_exact_resume_with_nsp_and_whole_word_masking(make_cfg):
     again = build_train_loader(data, obj, 0, 1, with_ids=True)
     again.load_state_dict(cursor)
     got = take(iter(again), 6)
-    assert all(torch.equal(w[k], g[k]) for w, g in zip(want, got) for k in w)
+    assert all(same(w[k], g[k]) for w, g in zip(want, got) for k in w)
     assert any((b["sentence_label"] == 1).any() for b in got)

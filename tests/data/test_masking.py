@@ -11,7 +11,7 @@ from pretrain.shardformat import load_manifest
 
 def batches(make_cfg, n=60, **kw):
     data, obj = make_cfg(**kw)
-    return [{k: v.numpy() for k, v in b.items()} for b in itertools.islice(build_train_loader(data, obj, 0, 1), n)]
+    return [{k: v.numpy() if hasattr(v, "numpy") else v for k, v in b.items()} for b in itertools.islice(build_train_loader(data, obj, 0, 1), n)]
 
 
 def originals(b):

@@ -18,7 +18,9 @@ def test_mlm_loss_is_sum_over_global_count_and_stats_are_sums():
     cfg = ObjectiveConfig(mlm_weight=1.0, sentence_weight=0.5)
     loss, stats = pretraining_loss(out, batch, 12.0, cfg)  # e.g. 12 masked tokens across all ranks
     torch.testing.assert_close(loss, ce.sum() / 12 + 0.5 * s_ce.mean())
-    assert set(stats) == set(STAT_KEYS) and all(isinstance(v, float) for v in stats.values())
+    # 0-dim device tensors: the engine reads them once per step, never per micro-batch.
+    assert set(stats) == set(STAT_KEYS)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and v.dtype == torch.float64 for v in stats.values())
     assert stats["mlm_count"] == 3 and stats["mlm_correct"] == 2  # rows 0 and 2 right, row 1 wrong
     assert abs(stats["mlm_loss_sum"] - ce.sum().item()) < 1e-6
     assert stats["sentence_count"] == 2 and stats["sentence_correct"] == 1
