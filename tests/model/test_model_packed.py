@@ -61,19 +61,30 @@ def test_packed_example_equals_the_example_alone(arch, unpad):
         assert torch.equal(out.mlm_labels[mine], ref.mlm_labels)
 
 
+@pytest.mark.parametrize("unpad", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_changing_one_example_leaves_the_others_unchanged(arch):
-    cfg = cfg_for(arch)
+def test_changing_one_example_leaves_the_others_unchanged(arch, unpad):
+    """Padded and unpadded attention, with the loader's layout in the batch: the logits of the
+    masked positions of every other example stay exactly as they were."""
+    from pretrain.model.layout import LAYOUT_KEYS, batch_layout
+
+    cfg = cfg_for(arch, unpad=unpad)
     model = build_model(cfg).eval()
     batch = packed(cfg)
-    other = {k: v.clone() for k, v in batch.items()}
+    batch["labels"] = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)  # every real token
+    batch.update(batch_layout(batch["attention_mask"], batch["position_ids"], batch["labels"]))
+    other = dict(batch, input_ids=batch["input_ids"].clone())
     other["input_ids"][0, 6:11] = torch.randint(5, cfg.vocab_size, (5,))   # inside example 2 of row 0
-    a = run_packed(model, batch, all_positions=True).mlm_logits
-    b = run_packed(model, other, all_positions=True).mlm_logits
-    keep = batch["attention_mask"].bool().clone()
-    keep[0, 5:12] = False
-    torch.testing.assert_close(a[keep], b[keep], rtol=0, atol=1e-6)
-    assert not torch.allclose(a[0, 5:12], b[0, 5:12])
+
+    def logits(b):
+        keys = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids") + LAYOUT_KEYS
+        return model(**{k: b[k] for k in keys}).mlm_logits   # [real tokens, V], row-major
+
+    a, b = logits(batch), logits(other)
+    flat = batch["masked_index"]
+    changed = (flat >= 5) & (flat < 12)                      # example 2 of row 0: positions 5..11
+    torch.testing.assert_close(a[~changed], b[~changed], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[changed], b[changed])
 
 
 @pytest.mark.parametrize("packed_rows", [False, True])
