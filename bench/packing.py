@@ -118,7 +118,7 @@ class Run:
         from pretrain.shardformat import load_manifest
 
         model_cfg = OmegaConf.to_container(OmegaConf.load(REPO / "conf" / "model" / f"{preset}.yaml"), resolve=True)
-        model_cfg.update(vocab_size=load_manifest(data_dir).vocab_size, sentence_head="none",
+        model_cfg.update(vocab_size=load_manifest(data_dir).vocab_size, sentence_head="none", unpad=args.unpad,
                          max_position_embeddings=max(args.seq, model_cfg.get("max_position_embeddings", 0)))
         torch.manual_seed(0)
         self.model = build_model(ModelConfig(**model_cfg)).train()
@@ -167,7 +167,11 @@ def main(argv=None) -> None:
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    ap.add_argument("--unpad", choices=["true", "false"], default="true",
+                    help="model.unpad: true (the default) computes Linears on real tokens only, so packing "
+                         "saves less there than on padded rows")
     args = ap.parse_args(argv)
+    args.unpad = args.unpad == "true"
 
     import torch
 
@@ -179,7 +183,7 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = write_short_documents(tmp, sentences_from(args.text, args.corpus_mb))
         print(f"# corpus: {args.text or 'demo corpus'}; seq {args.seq}, micro-batch {args.batch}, "
-              f"{args.steps} steps each (median of the second half), MLM only", flush=True)
+              f"{args.steps} steps each (median of the second half), MLM only, model.unpad={args.unpad}", flush=True)
         print("| model | packing | fill | real tokens/s | examples/s | step s | tokens/s vs unpacked |")
         print("|---|---|---|---|---|---|---|")
         for preset in args.models.split(","):

@@ -102,7 +102,10 @@ def plain_worker(spec: dict) -> dict:
     from pretrain.data.config import DataConfig, ObjectiveConfig
 
     torch.manual_seed(1234)
-    data_cfg = DataConfig(**{**load_yaml("data", "default"), "path": spec["data"],
+    # One example per row for every configuration: transformers' BertForPreTraining cannot attend
+    # within packed rows, and this table compares engines on identical batches (packing has its
+    # own benchmark, bench/packing.py).
+    data_cfg = DataConfig(**{**load_yaml("data", "default"), "path": spec["data"], "packing": False,
                              "micro_batch_size": spec["micro_batch"], "max_seq_len": spec["seq"]})
     obj_cfg = ObjectiveConfig(**load_yaml("objective", "mlm_sop"))
     cfg = model_config(spec["model"], manifest_vocab(spec["data"]))
@@ -247,7 +250,7 @@ def throughput(args, data: str, root: str) -> dict:
     for prec in args.precisions:
         configs += [("ours-2r-zero2", prec), ("plain-hf", prec), ("ours-1r-zero0", prec), ("plain-ours", prec)]
     results = {f"{c}/{p}": [] for c, p in configs}
-    common = ["model=bert-mini", "data.max_seq_len=128", f"data.micro_batch_size={args.micro_batch}",
+    common = ["model=bert-mini", "data.max_seq_len=128", "data.packing=false", f"data.micro_batch_size={args.micro_batch}",
               f"trainer.max_steps={args.steps}", f"trainer.log_every={args.log_every}",
               "trainer.checkpoint_every=1000000"]
     for rep in range(args.reps):
