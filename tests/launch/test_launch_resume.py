@@ -19,6 +19,8 @@ def test_kill9_then_relaunch_continues_bit_identically_and_truncated_checkpoint_
     reference = losses(os.path.join(root, "ref"))
     assert sorted(reference) == list(range(1, 17))
     assert reference[16] < reference[1], "loss should fall"
+    # packed rows (data.packing defaults to true): the resume below is exact through the packer
+    assert all(m["train/fill"] > 0.9 for m in metrics(os.path.join(root, "ref")) if "train/loss" in m)
 
     crash_dir = os.path.join(root, "crash")
     proc = start(root, tiny_data, "crash", *RESUME)
@@ -74,6 +76,10 @@ def test_sigterm_saves_then_exits_and_one_rank_resumes_with_exactly_once_data(tm
     examples = [(epoch, doc, ex) for _step, epoch, doc, ex in seen]
     assert len(examples) == len(set(examples)), "an example was trained on twice within the epoch"
     assert {step for step, *_ in seen} == set(range(1, stopped + 5))
+    # packed rows: one sample line per example, more examples than rows (2 x 8 a step, then 8)
+    final = [m for m in metrics(run_dir) if "train/consumed_samples" in m][-1]
+    assert final["step"] == stopped + 4
+    assert len(seen) == final["train/consumed_samples"] > 16 * stopped + 8 * 4
 
 
 def test_wall_clock_budget_stops_all_ranks_together(tmp_path, tiny_data):
