@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc", type=int, default=2)
     parser.add_argument("--model", choices=[c.preset for c in CANDIDATES], default=None,
                         help="skip the speed probe and train this candidate")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="extra pretrain-launch overrides, applied last (e.g. data.packing=false)")
     args = parser.parse_args(argv)
     t_start = time.perf_counter()
 
@@ -181,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         f"data.max_seq_len={c.seq_len}", f"data.micro_batch_size={c.micro_batch}", f"optim.lr={c.lr}",
         f"cluster.nproc={args.nproc}", f"trainer.max_steps={chosen.steps}", f"trainer.max_time={chosen.max_time:.0f}",
         f"trainer.eval_every={max(100, chosen.steps // 3)}", f"trainer.checkpoint_every={max(200, chosen.steps // 2)}",
-        "trainer.log_every=10", "schedule.warmup_steps=30", "run.fresh=true",
+        "trainer.log_every=10", "schedule.warmup_steps=30", "run.fresh=true", *args.overrides,
     ])
     run_dir = os.path.join("runs", args.run)
     export = os.path.join(run_dir, "export")
