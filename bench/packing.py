@@ -175,9 +175,11 @@ def main(argv=None) -> None:
 
     import torch
 
-    from parallel.precision import _cpu_bf16
+    from parallel.precision import resolve_precision
 
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and _cpu_bf16()[0])
+    # precision=auto as the trainer resolves it on this CPU (flags + a measured bf16 probe)
+    bf16 = args.precision == "bf16" or (args.precision == "auto"
+                                        and resolve_precision("auto", torch.device("cpu")).dtype == "bf16")
     dtype = torch.bfloat16 if bf16 else torch.float32
     print(f"# {cpu_line()}; torch threads {torch.get_num_threads()}; {'bf16 autocast' if bf16 else 'fp32'}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:

@@ -125,7 +125,6 @@ def whole_document_examples(doc: Document, max_seq_len: int, epoch: int, stats: 
     examples = [Example(doc.doc_id, epoch, k, ids[start:start + budget], None, -100)
                 for k, start in enumerate(range(0, len(ids), budget))]
     stats.single_segment_examples += len(examples)
-    stats.split_sentences += max(0, len(examples) - 1)
     stats.examples += len(examples)
     return examples
 

@@ -13,7 +13,7 @@ same rows, which is what makes a restored cursor exact.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -82,8 +82,3 @@ class Packer:
         self.lengths = [n for i, n in enumerate(self.lengths) if i not in keep]
         return row, refs
 
-
-def rows_fill(rows: Sequence[Sequence[Example]], capacity: int) -> float:
-    """Real positions / all positions of these rows."""
-    used = sum(example_length(ex) for row in rows for ex in row)
-    return used / max(1, capacity * len(rows))

@@ -46,7 +46,7 @@ class StreamSpec:
     epochs: Optional[int] = None      # None = infinite (training); k = stop after epoch k-1
     with_ids: bool = False            # add debug keys doc_id / example_index / epoch (per example)
     packing: bool = False             # several examples per row (pretrain/data/packing.py)
-    pack_lookahead: int = 64          # examples the packer holds (data.pack_lookahead)
+    pack_lookahead: int = 1           # examples the packer holds when packing (data.pack_lookahead)
 
 
 def fresh_state() -> dict:

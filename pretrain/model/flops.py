@@ -19,6 +19,7 @@ import torch
 
 from . import registry
 from .config import ModelConfig
+from .layout import batch_layout
 
 
 def forward_flops(cfg: ModelConfig, lengths: Sequence[int], n_masked: float) -> float:
@@ -49,16 +50,12 @@ def flops_per_step(cfg: ModelConfig, batch_size: int, seq_len: int, n_masked_tot
 
 def example_lengths(batch: dict) -> np.ndarray:
     """Token lengths of every example of a batch (CPU tensors; docs/architecture.md "Batches")."""
-    if batch.get("cu_seqlens") is not None:   # the loader's layout
-        return np.diff(batch["cu_seqlens"].numpy().astype(np.int64))
-    mask = batch["attention_mask"].numpy().astype(bool) if "attention_mask" in batch else \
-        np.ones(tuple(batch["input_ids"].shape), dtype=bool)
-    pos = batch.get("position_ids")
-    if pos is None:
-        return mask.sum(1)
-    starts = (pos.numpy() == 0) & mask
-    seq = np.cumsum(starts, axis=1) + np.arange(mask.shape[0])[:, None] * mask.shape[1]
-    return np.bincount(seq[mask])[np.unique(seq[mask])]
+    cu = batch.get("cu_seqlens")
+    if cu is None:   # a batch not from our loader: the same layout function the loader uses
+        mask = batch.get("attention_mask")
+        mask = torch.ones_like(batch["input_ids"]) if mask is None else mask
+        cu = batch_layout(mask, batch.get("position_ids"))["cu_seqlens"]
+    return np.diff(cu.numpy().astype(np.int64))
 
 
 def batch_flops(cfg: ModelConfig, batch: dict) -> float:

@@ -11,7 +11,6 @@ from .attention import AttentionContext
 from .config import ModelConfig
 
 
-
 class PretrainingOutput(NamedTuple):
     """A NamedTuple, not a dataclass: DeepSpeed ZeRO-3 finds the tensors in tuples/dicts only
     (its backward hooks never fire for tensors hidden in other objects).

@@ -90,7 +90,7 @@ class PretrainingModel(nn.Module):
         """Whether rows may hold several examples, for the pipeline form, whose layers see only
         the tensors DeepSpeed carries between stages: False (data.packing off) lets every stage
         skip the per-example mask and position tables. The plain forward reads it off the batch."""
-        for layer in (self.embeddings, *self.encoder.layers, self.heads):
+        for layer in (*self.encoder.layers, self.heads):
             layer.packed_rows = bool(packed)
 
     def pipeline_inputs(self, batch: dict) -> tuple:
