@@ -63,7 +63,8 @@ def bench_tokenizer_training(workdir: str) -> dict:
     paths = _demo(workdir)
     cfg = _cfg(paths, os.path.join(workdir, "unused"))
     t = time.perf_counter()
-    tok = train_tokenizer(_training_texts(cfg, expand_inputs(paths, cfg.format)), TokenizerConfig(vocab_size=8000))
+    files = expand_inputs(paths, cfg.format)
+    tok = train_tokenizer(lambda: _training_texts(cfg, files), TokenizerConfig(vocab_size=8000))
     dt = time.perf_counter() - t
     path = os.path.join(workdir, "tokenizer.json")
     tok.save(path)

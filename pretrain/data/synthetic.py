@@ -31,14 +31,14 @@ def corpus_sentences(limit: int | None = None) -> list[str]:
 
 
 def train_tokenizer(sentences: list[str], vocab_size: int = 2000):
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from pretrain.prepare.tokenizer import train_wordpiece
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS))
-    tok.train_from_iterator(sentences, trainer)
-    return tok
+    return train_wordpiece(tok, lambda: sentences, vocab_size, min_frequency=0)
 
 
 def write_prepared(root: str, shards: dict[str, int] = None, docs_per_shard: int = 40, vocab_size: int = 2000,

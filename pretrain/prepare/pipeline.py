@@ -226,7 +226,7 @@ def run(cfg: PrepareConfig, echo: Callable[[str], None] = print) -> Summary:
     os.makedirs(tmp)
     try:
         if tok is None:
-            tok = train_tokenizer(_training_texts(cfg, files), cfg.tokenizer)
+            tok = train_tokenizer(lambda: _training_texts(cfg, files), cfg.tokenizer)
             fingerprint = tokenizer_fingerprint(tok)
         tok.save(os.path.join(tmp, TOKENIZER_NAME))
         split_stats, file_stats, shards = _tokenize_and_shard(cfg, files, tok, tmp)

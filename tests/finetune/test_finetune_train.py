@@ -18,8 +18,10 @@ from pretrain.finetune.reload import load_task_model
 from pretrain.finetune.train import Run, fit
 
 CHANCE = 0.5  # balanced binary task
-LEARNING = ["trainer.max_steps=120", "trainer.eval_every=40", "model.hidden_dropout=0", "model.attention_dropout=0"]
-LR = {"full": "1e-3"}
+# 240 steps: at 120, side and mask tuning ended between 0.46 and 0.65 on some backbone/task seeds
+# (the bar is 0.65); at 240 every method cleared 0.68 on 8 seeds (side at lr 3e-3: 1e-2 overshoots).
+LEARNING = ["trainer.max_steps=240", "trainer.eval_every=40", "model.hidden_dropout=0", "model.attention_dropout=0"]
+LR = {"full": "1e-3", "side": "3e-3"}
 
 
 @pytest.mark.parametrize("method", ["full", "adapter", "prefix", "lora", "bitfit", "side", "mask"])

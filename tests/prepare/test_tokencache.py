@@ -38,8 +38,8 @@ def _texts(seed: int, n: int) -> list[str]:
 def tokenizers_under_test(prepared_demo):
     demo = Tokenizer.from_file(os.path.join(prepared_demo, "tokenizer.json"))
     texts = _texts(0, 400) + ["The quick brown fox jumps over the lazy dog. Café naïve Straße."] * 20
-    cased = train_tokenizer(iter(texts), TokenizerConfig(vocab_size=300, lowercase=False, min_frequency=1))
-    accents = train_tokenizer(iter(texts), TokenizerConfig(vocab_size=300, lowercase=False, strip_accents=True,
+    cased = train_tokenizer(lambda: texts, TokenizerConfig(vocab_size=300, lowercase=False, min_frequency=1))
+    accents = train_tokenizer(lambda: texts, TokenizerConfig(vocab_size=300, lowercase=False, strip_accents=True,
                                                            min_frequency=1))
     return {"demo": demo, "cased": cased, "strip_accents_cased": accents}
 
