@@ -1,7 +1,7 @@
 """Config -> loaders: the two entry points the trainer uses."""
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Optional, Union
 
 from pretrain.data.config import DataConfig, ObjectiveConfig
@@ -32,8 +32,9 @@ def _validate(data_cfg: DataConfig, obj: ObjectiveConfig) -> None:
         raise DataError(f"data.pack_lookahead={data_cfg.pack_lookahead}: must be >= 1")
     if data_cfg.micro_batch_size < 1:
         raise DataError(f"data.micro_batch_size={data_cfg.micro_batch_size}: must be >= 1")
-    if not 0.0 < obj.mlm_probability < 1.0:
-        raise DataError(f"objective.mlm_probability={obj.mlm_probability}: must be in (0, 1)")
+    for key in ("mlm_probability", "eval_mlm_probability"):
+        if not 0.0 < getattr(obj, key) < 1.0:
+            raise DataError(f"objective.{key}={getattr(obj, key)}: must be in (0, 1)")
     if obj.mask_token_prob + obj.random_token_prob > 1.0 or min(obj.mask_token_prob, obj.random_token_prob) < 0:
         raise DataError("objective.mask_token_prob + random_token_prob must be within [0, 1]")
     if not 0.0 < obj.span_geometric_p <= 1.0 or obj.span_max_length < 1:
@@ -78,9 +79,12 @@ def build_train_loader(data_cfg: DataConfig, objective_cfg: ObjectiveConfig, ran
 def build_eval_loader(data_cfg: DataConfig, objective_cfg: ObjectiveConfig, rank: int, world_size: int,
                       manifest_or_path: Union[Manifest, str, None] = None, *, batch_size: Optional[int] = None,
                       with_ids: bool = False, pin_memory: bool = False) -> ResumableLoader:
-    """One pass over the validation split, sharded across ranks; partial last batches.
+    """One pass over the validation split, sharded across ranks; partial last batches; masked at
+    `objective.eval_mlm_probability` (not the training rate), so evaluations compare across recipes.
 
     Ranks (and streams) may yield different numbers of batches.
     """
-    return _build(data_cfg, objective_cfg, rank, world_size, manifest_or_path, data_cfg.valid_split,
+    plain = _plain(objective_cfg)
+    objective = replace(plain, mlm_probability=plain.eval_mlm_probability)
+    return _build(data_cfg, objective, rank, world_size, manifest_or_path, data_cfg.valid_split,
                   data_cfg.valid_urls, 1, batch_size or data_cfg.micro_batch_size, with_ids, pin_memory)

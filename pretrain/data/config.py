@@ -26,6 +26,7 @@ class DataConfig:
 @dataclass
 class ObjectiveConfig:
     mlm_probability: float = 0.15
+    eval_mlm_probability: float = 0.15  # the validation loader's rate (eval/mlm_acc comparable across recipes)
     mask_token_prob: float = 0.8        # of selected: -> [MASK]
     random_token_prob: float = 0.1      # of selected: -> random token (rest kept)
     masking: str = "token"              # "token" | "whole_word" | "span"

@@ -165,7 +165,7 @@ _POSITIVE = (
     "trainer.loss_spike.window",
 )
 _PROBABILITIES = (
-    "objective.mlm_probability", "objective.mask_token_prob", "objective.random_token_prob",
+    "objective.mlm_probability", "objective.eval_mlm_probability", "objective.mask_token_prob", "objective.random_token_prob",
     "data.short_seq_prob", "model.hidden_dropout", "model.attention_dropout", "schedule.warmup_fraction",
     "schedule.min_lr_ratio", "schedule.decay_fraction",
 )
@@ -228,7 +228,8 @@ def _check_relations(cfg: DictConfig) -> None:
             f"config: objective.mask_token_prob + objective.random_token_prob = {o.mask_token_prob + o.random_token_prob} > 1"
         )
     if o.sentence_task != "none" and m.sentence_head == "none":
-        raise ConfigError(f"config: objective.sentence_task={o.sentence_task!r} needs a sentence head; model.sentence_head is 'none'")
+        raise ConfigError(f"config: objective.sentence_task={o.sentence_task!r} needs a sentence head; model.sentence_head "
+                          "is 'none' (objective=mlm trains masked-LM only; objective=auto follows the model)")
     if d.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers' = {d.num_workers}; must be >= 0")
     if t.max_steps is None and t.max_tokens is None and t.max_time is None:

@@ -23,6 +23,21 @@ def test_presets_compose_and_validate():
         assert cfg.run.name == "t"
 
 
+@pytest.mark.parametrize("model, task", [("bert-mini", "sop"), ("albert-base", "sop"), ("modernbert-mini", "none"),
+                                         ("modernbert-base", "none")])
+def test_default_objective_fits_the_model_preset(model, task):
+    """`model=modernbert-*` alone trains (MLM only); BERT/ALBERT keep MLM + SOP."""
+    cfg = validate(_compose(f"model={model}"))
+    assert cfg.objective.sentence_task == task == cfg.model.sentence_head
+    assert cfg.objective.eval_mlm_probability == 0.15
+    assert validate(_compose("model=bert-mini", "model.sentence_head=none")).objective.sentence_task == "none"
+
+
+def test_an_explicit_objective_that_needs_a_missing_head_is_refused():
+    with pytest.raises(ConfigError, match="objective.sentence_task='sop' needs a sentence head"):
+        validate(_compose("model=modernbert-mini", "objective=mlm_sop"))
+
+
 @pytest.mark.parametrize(
     "override, needle",
     [
@@ -30,6 +45,7 @@ def test_presets_compose_and_validate():
         ("parallel.zero_stage=4", "parallel.zero_stage"),
         ("objective.masking=words", "objective.masking"),
         ("objective.mlm_probability=1.5", "objective.mlm_probability"),
+        ("objective.eval_mlm_probability=-0.1", "objective.eval_mlm_probability"),
         ("data.micro_batch_size=0", "data.micro_batch_size"),
         ("trainer.max_time=abc", "trainer.max_time"),
         ("data.max_seq_len=100000", "data.max_seq_len"),
