@@ -52,4 +52,4 @@ class ScheduleConfig:
     warmup_fraction: float = 0.0        # used when warmup_steps == 0
     min_lr_ratio: float = 0.0           # final lr = lr * min_lr_ratio
     decay_fraction: float = 0.1         # wsd: last fraction of steps spent decaying
-    total_steps: Optional[int] = None   # None = trainer.max_steps
+    total_steps: Optional[int] = None   # None = trainer.max_steps, or placed by budget fraction when tokens/time bound the run

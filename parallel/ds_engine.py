@@ -131,7 +131,7 @@ class DeepSpeedEngine(Engine):
 
 def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig,
                            precision_cfg: PrecisionConfig, optim_cfg: OptimConfig,
-                           schedule_cfg: ScheduleConfig, *, total_steps: int, micro_batch_size: int,
+                           schedule_cfg: ScheduleConfig, *, total_steps: Optional[int], micro_batch_size: int,
                            grad_accum: int, topo: Topology, seed: int = 0,
                            resume: Optional[Resume] = None,
                            model_inputs: Sequence[str] = MODEL_INPUTS,
@@ -153,7 +153,7 @@ def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Para
 
 
 def initialize_deepspeed(module: nn.Module, config: dict, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig,
-                         total_steps: int):
+                         total_steps: Optional[int]):
     """deepspeed.initialize with our optimizer (a client one, or parameter groups for DeepSpeed's
     own) and schedule; the plain and the pipeline engine both start here."""
     import deepspeed

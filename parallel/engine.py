@@ -33,6 +33,7 @@ from . import checkpoint as ckpt
 from .checkpoint import CheckpointError, Layout, Resume
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .topology import Topology, all_gather_object, all_reduce_sum, barrier
+from .schedules import apply_progress
 from .update_guard import UpdateGuard, all_finite, everywhere
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids")
@@ -120,6 +121,12 @@ class Engine(ABC):
     @property
     def global_step(self) -> int:
         return int(self.ds.global_steps)
+
+    def set_schedule_progress(self, fraction: float) -> None:
+        """The fraction of the run's budget used so far (the trainer's Budget, the same on every
+        rank): a schedule placed by budget sets the next step's lr from it; one placed by steps
+        ignores it."""
+        apply_progress(self.ds.lr_scheduler, fraction)
 
     @property
     def lr(self) -> float:
@@ -316,7 +323,7 @@ def prepare_universal(ckpt_dir: str, topo: Topology, aliases: Optional[dict] = N
 
 def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig,
                  precision_cfg: PrecisionConfig, optim_cfg: OptimConfig,
-                 schedule_cfg: ScheduleConfig, *, total_steps: int, micro_batch_size: int,
+                 schedule_cfg: ScheduleConfig, *, total_steps: Optional[int], micro_batch_size: int,
                  grad_accum: int, topo: Topology, seed: int = 0,
                  resume: Optional[Resume] = None,
                  model_inputs: Sequence[str] = MODEL_INPUTS,

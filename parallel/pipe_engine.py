@@ -288,7 +288,7 @@ class PipelineEngine(Engine):
 
 def build_pipeline_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig,
                           precision_cfg: PrecisionConfig, optim_cfg: OptimConfig,
-                          schedule_cfg: ScheduleConfig, *, total_steps: int, micro_batch_size: int,
+                          schedule_cfg: ScheduleConfig, *, total_steps: Optional[int], micro_batch_size: int,
                           grad_accum: int, topo: Topology, seed: int = 0,
                           resume: Optional[Resume] = None,
                           model_inputs: Sequence[str] = MODEL_INPUTS,

@@ -10,30 +10,63 @@ from pretrain.train.config import parse_duration
 
 
 class Budget:
-    def __init__(self, max_steps: Optional[int], max_tokens: Optional[int], max_time: Optional[str]):
+    """The run's budgets. Time counts training time across launches: `train_seconds` (saved in
+    TrainState) is where this launch starts, so a resumed run continues its budget (time lost
+    after the last checkpoint to a crash is not counted)."""
+
+    def __init__(self, max_steps: Optional[int], max_tokens: Optional[int], max_time: Optional[str],
+                 train_seconds: float = 0.0):
         self.max_steps = max_steps
         self.max_tokens = max_tokens
         self.max_seconds = parse_duration(max_time) if max_time is not None else None
+        self._seconds_at_start = float(train_seconds)
         self._start = time.monotonic()
 
-    def out_of_time(self) -> bool:
-        """This process's clock only: callers must agree across ranks (any rank out -> all stop),
-        or one rank would checkpoint while another steps. A resumed run gets a new budget."""
-        return self.max_seconds is not None and time.monotonic() - self._start >= self.max_seconds
+    def local_seconds(self) -> float:
+        """This process's view of the training time so far; ranks agree on the mean of theirs."""
+        return self._seconds_at_start + time.monotonic() - self._start
 
-    def exhausted(self, step: int, tokens: int, out_of_time: bool = False) -> Optional[str]:
-        """The reason to stop, or None; `step` and `tokens` are global, so every rank agrees."""
-        if self.max_steps is not None and step >= self.max_steps:
-            return f"max_steps={self.max_steps}"
-        if self.max_tokens is not None and tokens >= self.max_tokens:
-            return f"max_tokens={self.max_tokens}"
-        if out_of_time:
-            return f"max_time={self.max_seconds:.0f}s"
+    def used(self, step: int, tokens: int, seconds: float) -> dict[str, float]:
+        """Fraction used of each budget that is set ({"max_steps": 0.2, "max_time": 0.5})."""
+        out = {}
+        if self.max_steps is not None:
+            out["max_steps"] = step / self.max_steps
+        if self.max_tokens is not None:
+            out["max_tokens"] = tokens / self.max_tokens
+        if self.max_seconds is not None:
+            out["max_time"] = seconds / self.max_seconds
+        return out
+
+    def fraction(self, step: int, tokens: int, seconds: float) -> float:
+        """How far the run is, in [0, 1]: the budget closest to its end binds."""
+        return min(1.0, max(self.used(step, tokens, seconds).values(), default=0.0))
+
+    def binding(self, step: int, tokens: int, seconds: float) -> str:
+        """The name of the budget closest to its end (max_steps, max_tokens or max_time)."""
+        used = self.used(step, tokens, seconds)
+        return max(used, key=used.get) if used else "none"
+
+    def describe(self, key: str) -> str:
+        return {"max_steps": f"max_steps={self.max_steps}", "max_tokens": f"max_tokens={self.max_tokens}",
+                "max_time": f"max_time={self.max_seconds:.0f}s" if self.max_seconds is not None else ""}.get(key, key)
+
+    def exhausted(self, step: int, tokens: int, seconds: float) -> Optional[str]:
+        """The reason to stop, or None; the arguments are global (every rank agrees on them)."""
+        for key, used in self.used(step, tokens, seconds).items():
+            if used >= 1.0:
+                return self.describe(key)
         return None
 
-    @property
-    def total_steps_hint(self) -> Optional[int]:
-        return self.max_steps
+
+def schedule_steps(schedule_total_steps: Optional[int], max_steps: Optional[int], max_tokens: Optional[int],
+                   max_time: Optional[str]) -> Optional[int]:
+    """The steps the lr schedule spans, or None to place it by budget fraction: a run bounded by
+    tokens or time cannot know its step count, so warmup and decay follow the budget used."""
+    if schedule_total_steps:
+        return int(schedule_total_steps)
+    if max_tokens is None and max_time is None:
+        return max_steps
+    return None
 
 
 def slurm_job_ref(env) -> Optional[str]:

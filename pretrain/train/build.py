@@ -19,6 +19,7 @@ from pretrain.model.pretraining import MODEL_INPUTS
 from pretrain.objectives import pretraining_loss
 from pretrain.shardformat import load_manifest
 from pretrain.tracking import build_tracker
+from pretrain.train.budget import schedule_steps
 from pretrain.train.checkpoint_manager import CheckpointManager
 from pretrain.train.config import config_hash
 from pretrain.train.stacking import Stacking, StackingPlan
@@ -79,7 +80,8 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         model,
         partial(_loss, objective=cfg.objective),
         parallel_cfg, precision_cfg, optim_cfg, schedule_cfg,
-        total_steps=cfg.schedule.total_steps or cfg.trainer.max_steps,
+        total_steps=schedule_steps(cfg.schedule.total_steps, cfg.trainer.max_steps, cfg.trainer.max_tokens,
+                                   cfg.trainer.max_time),
         micro_batch_size=cfg.data.micro_batch_size,
         grad_accum=cfg.trainer.grad_accum,
         topo=topo,

@@ -236,11 +236,6 @@ def _check_relations(cfg: DictConfig) -> None:
         raise ConfigError("config: set at least one budget: trainer.max_steps, trainer.max_tokens or trainer.max_time")
     if t.max_time is not None:
         parse_duration(t.max_time)
-    if t.max_steps is None and cfg.schedule.total_steps is None:
-        raise ConfigError(
-            "config: trainer.max_steps is null, so set schedule.total_steps (the number of steps the "
-            "warmup + decay schedule spans) for a token- or time-budgeted run"
-        )
     stages, world = cfg.parallel.pipeline_stages, cfg.cluster.nnodes * cfg.cluster.nproc
     if stages > 1 and cfg.parallel.zero_stage > 1:
         raise ConfigError(

@@ -14,12 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from parallel.topology import all_gather_object, barrier, reduce_sum
 from pretrain.data import merge_cursors
 from pretrain.model.layout import batch_examples
-from pretrain.train.budget import Budget, JobDeadline
+from pretrain.train.budget import Budget, JobDeadline, schedule_steps
 from pretrain.train.build import build_everything
 from pretrain.train.evaluate import evaluate
 from pretrain.train.nonfinite import NonFiniteError, NonFiniteState, Watchdog
 from pretrain.train.preemption import PreemptionFlag, checkpoint_signals
-from pretrain.train.progress import Progress
+from pretrain.train.progress import BudgetProgress
 from pretrain.train.rundir import mark_finished
 from pretrain.train.state import TrainState
 from pretrain.train.throughput import Meter, peak_flops_per_device
@@ -29,14 +29,18 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     parts = build_everything(cfg, run_dir)
     topo, engine, loader, tracker = parts.topo, parts.engine, parts.train_loader, parts.tracker
     state, log = parts.state, parts.log
-    budget = Budget(cfg.trainer.max_steps, cfg.trainer.max_tokens, cfg.trainer.max_time)
+    budget = Budget(cfg.trainer.max_steps, cfg.trainer.max_tokens, cfg.trainer.max_time, state.train_seconds)
     # SLURM time-limit safety net: rank 0 polls, the all-reduce below tells every rank.
     deadline = JobDeadline.from_env(cfg.cluster, log=log) if topo.rank == 0 else None
     preempt = PreemptionFlag(checkpoint_signals(cfg.cluster.signal), deadline=deadline)
     peak = peak_flops_per_device(cfg.precision.dtype, cfg.trainer.peak_flops, topo.device)
     log(f"precision {cfg.precision.dtype}; MFU against {peak.line()}")
     meter = Meter()
-    progress = Progress(cfg.trainer.max_steps, state.step, enabled=cfg.trainer.progress and topo.rank == 0)
+    progress = BudgetProgress(budget, state, enabled=cfg.trainer.progress and topo.rank == 0)
+    t = cfg.trainer
+    schedule_span = schedule_steps(cfg.schedule.total_steps, t.max_steps, t.max_tokens, t.max_time)
+    log(f"budget: {', '.join(budget.describe(k) for k in budget.used(0, 0, 0.0))}; {cfg.schedule.name} lr schedule "
+        + (f"over {schedule_span} steps" if schedule_span else "placed by the fraction of the budget used"))
     batches = iter(loader)
     # Stages of one pipeline replica train on the same examples: the first stage records them.
     recorder = SampleRecorder(run_dir, topo.rank) if cfg.trainer.record_samples and topo.pp_rank == 0 else None
@@ -44,10 +48,11 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     if parts.stacking is not None:
         watchdog.on_rewind = parts.stacking.after_rewind
     ga = cfg.trainer.grad_accum
-    stop_reason = budget.exhausted(state.step, state.consumed_tokens)
+    stop_reason = budget.exhausted(state.step, state.consumed_tokens, state.train_seconds)
     while stop_reason is None:
         if parts.stacking is not None:
             parts.stacking.before_step(state.step)
+        engine.set_schedule_progress(budget.fraction(state.step, state.consumed_tokens, state.train_seconds))
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(ga)]
         data_seconds = time.perf_counter() - t0
@@ -58,26 +63,30 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         # take the same branch below (a lone rank checkpointing would hang the others). Only the
         # first pipeline stage counts data: the other stages of a replica see the same batches.
         counts_data = topo.pp_rank == 0
-        tokens, samples, positions, preempted, out_of_time, nonfinite = (int(v) for v in reduce_sum([
+        *counts, seconds = reduce_sum([
             sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
             sum(batch_examples(b) for b in micro) if counts_data else 0,
             sum(b["input_ids"].numel() for b in micro) if counts_data else 0,
-            float(preempt.local), float(budget.out_of_time()), metrics.get("nonfinite", 0.0)]))
+            float(preempt.local), metrics.get("nonfinite", 0.0), budget.local_seconds()])
+        tokens, samples, positions, preempted, nonfinite = (int(v) for v in counts)
+        state.train_seconds = seconds / topo.world_size  # the ranks' mean clock: one value everywhere
         state.step += 1
         state.consumed_tokens += tokens
         state.consumed_samples += samples
         meter.add(tokens, samples, parts.flops_for(micro, metrics), data_seconds, positions)
-        progress.update(state.step, metrics.get("loss"))
+        progress.update(state, metrics.get("loss"))
         verdict = watchdog.check(engine, state.step, metrics, nonfinite > 0)  # may rewind the engine
         if state.step % cfg.trainer.log_every == 0 or verdict.event:
             speed = meter.summary(topo.world_size, peak.flops, topo.device)
-            tracker.log({**_train_metrics(metrics, speed, state), **watchdog.metrics(verdict)}, state.step)
+            used = budget.fraction(state.step, state.consumed_tokens, state.train_seconds)
+            tracker.log({**_train_metrics(metrics, speed, state), "train/budget_used": used,
+                         "train/seconds": state.train_seconds, **watchdog.metrics(verdict)}, state.step)
             meter.reset()
         if verdict.stop:
             _stop(verdict.stop, progress, tracker)
         if cfg.trainer.eval_every and state.step % cfg.trainer.eval_every == 0:
             run_eval(engine, parts, cfg, tracker, state.step, log)
-        stop_reason = budget.exhausted(state.step, state.consumed_tokens, out_of_time > 0)
+        stop_reason = budget.exhausted(state.step, state.consumed_tokens, state.train_seconds)
         if preempted:
             stop_reason = "preempted (checkpoint signal or the job's time limit)"
         if stop_reason is not None or state.step % cfg.trainer.checkpoint_every == 0:

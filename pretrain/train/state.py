@@ -9,6 +9,7 @@ class TrainState:
     step: int = 0                   # batches consumed; never goes back (a rewind does not undo it)
     consumed_samples: int = 0
     consumed_tokens: int = 0
+    train_seconds: float = 0.0      # training wall-clock so far, all launches (max_time, budget-placed schedules)
     data_cursor: dict = field(default_factory=dict)
     tracker: dict = field(default_factory=dict)
     config_hash: str = ""

@@ -5,6 +5,8 @@ import json
 import os
 import signal
 
+import pytest
+
 from launch_helpers import kill_tree, latest, launch, losses, metrics, start, wait_for
 
 RESUME = ["cluster.nproc=2", "parallel=zero2", "precision=bf16", "trainer.grad_accum=2",
@@ -86,8 +88,48 @@ def test_wall_clock_budget_stops_all_ranks_together(tmp_path, tiny_data):
     """max_time is measured per process; the ranks must still agree on the step they stop at."""
     root = str(tmp_path / "runs")
     result = launch(root, tiny_data, "t", "cluster.nproc=2", "parallel=zero2", "trainer.max_steps=null",
-                    "schedule.total_steps=1000", "trainer.max_time=6", "trainer.checkpoint_every=1000")
+                    "trainer.max_time=6", "trainer.checkpoint_every=1000", "schedule=wsd", "schedule.warmup_steps=0",
+                    "schedule.warmup_fraction=0", "schedule.decay_fraction=0.5")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "max_time=6s" in result.stdout
+    assert "max_time=6s" in result.stdout and "placed by the fraction of the budget used" in result.stdout
+    # The schedule is placed by the time used, not by a step count nobody knew: full lr in the
+    # first half, decayed by the end of the 6 s (the last step starts within a step of the end).
+    lrs = {m["step"]: (m["train/lr"], m["train/seconds"]) for m in metrics(os.path.join(root, "t")) if "train/lr" in m}
+    assert lrs[1][0] == pytest.approx(1e-3)
+    assert lrs[max(lrs)][0] < 0.3e-3 and lrs[max(lrs)][1] >= 6.0
     last = max(losses(os.path.join(root, "t")))
     assert latest(os.path.join(root, "t")) == f"step_{last:06d}"
+
+
+BUDGET = ["cluster.nproc=2", "parallel=zero2", "trainer.max_steps=null", "trainer.max_tokens=13000",
+          "schedule=wsd", "schedule.warmup_steps=0", "schedule.warmup_fraction=0.2", "schedule.decay_fraction=0.4",
+          "trainer.checkpoint_every=4"]
+
+
+def _wsd(p: float) -> float:  # the curve written out independently: warmup 20%, decay over the last 40%
+    return min(p / 0.2, 1.0) if p < 0.6 else max(0.0, 1.0 - (p - 0.6) / 0.4)
+
+
+def test_token_budget_places_the_schedule_and_resumes_exactly_after_kill9(tmp_path, tiny_data):
+    root = str(tmp_path / "runs")
+    ref = launch(root, tiny_data, "ref", *BUDGET)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    rows = {m["step"]: m for m in metrics(os.path.join(root, "ref")) if "train/lr" in m}
+    last = max(rows)
+    assert f"stopped at step {last}: max_tokens=13000" in ref.stdout and last >= 10
+    for step, m in rows.items():  # each step's lr is the curve at the budget used before it
+        before = rows[step - 1]["train/consumed_tokens"] if step > 1 else 0
+        assert m["train/lr"] == pytest.approx(1e-3 * _wsd(before / 13000), abs=1e-9), step
+        assert m["train/budget_used"] == pytest.approx(min(1.0, m["train/consumed_tokens"] / 13000))
+    assert rows[last]["train/lr"] < 0.25e-3 < 1e-3 == max(m["train/lr"] for m in rows.values())
+
+    crash_dir = os.path.join(root, "crash")
+    proc = start(root, tiny_data, "crash", *BUDGET)
+    wait_for(lambda: latest(crash_dir) is not None, what="first checkpoint", proc=proc)
+    kill_tree(proc)
+    again = launch(root, tiny_data, "crash", *BUDGET)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resumed from step" in again.stdout
+    assert losses(crash_dir) == losses(os.path.join(root, "ref"))
+    assert {m["step"]: m["train/lr"] for m in metrics(crash_dir) if "train/lr" in m} == \
+        {step: m["train/lr"] for step, m in rows.items()}

@@ -65,3 +65,46 @@ def test_lambdalr_steps_and_state_roundtrip():
     sched2.load_state_dict(sched.state_dict())
     opt2.param_groups[0]["lr"] = sched2.get_last_lr()[0]
     assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"] == pytest.approx(1.0)
+
+
+def _by_budget(name, **kw):
+    return LrMultiplier(ScheduleConfig(name=name, **kw), total_steps=None)
+
+
+def _at(f, fraction, step=100):
+    f.progress = fraction
+    return f(step)
+
+
+def test_budget_placed_wsd_warms_up_holds_and_decays_by_fraction():
+    f = _by_budget("wsd", warmup_fraction=0.1, decay_fraction=0.2, min_lr_ratio=0.0)
+    assert f.by_budget
+    assert _at(f, 0.0) == 0.0 and _at(f, 0.05) == pytest.approx(0.5) and _at(f, 0.1) == 1.0
+    assert _at(f, 0.5) == 1.0 and _at(f, 0.8) == 1.0
+    assert _at(f, 0.9) == pytest.approx(0.5) and _at(f, 1.0) == 0.0 and _at(f, 1.7) == 0.0
+
+
+def test_budget_placed_linear_and_cosine_decay_from_warmup_to_the_end():
+    lin = _by_budget("linear", warmup_fraction=0.2, min_lr_ratio=0.1)
+    assert _at(lin, 0.6) == pytest.approx(1 - 0.9 * 0.5) and _at(lin, 1.0) == pytest.approx(0.1)
+    cos = _by_budget("cosine", warmup_fraction=0.0, min_lr_ratio=0.0)
+    assert _at(cos, 0.0) == 1.0 and _at(cos, 0.5) == pytest.approx(0.5) and _at(cos, 1.0) == pytest.approx(0.0)
+    steps = _by_budget("constant", warmup_steps=4)  # warmup_steps still count steps
+    assert [_at(steps, 0.5, s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+
+
+def test_apply_progress_sets_the_next_steps_lr_now():
+    from parallel.schedules import apply_progress
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=2.0)
+    sched = build_scheduler(opt, ScheduleConfig(name="wsd", warmup_fraction=0.0, decay_fraction=0.5), None)
+    apply_progress(sched, 0.75)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0) and sched.get_last_lr() == [pytest.approx(1.0)]
+    opt.step()
+    sched.step()
+    apply_progress(sched, 1.0)
+    assert opt.param_groups[0]["lr"] == 0.0
+    fixed = build_scheduler(opt, ScheduleConfig(name="linear", warmup_steps=0), 10)
+    apply_progress(fixed, 0.9)  # placed by steps: progress changes nothing
+    assert opt.param_groups[0]["lr"] == pytest.approx(2.0)

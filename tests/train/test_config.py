@@ -82,10 +82,15 @@ def test_durations():
     assert parse_duration("2:30") == 150
 
 
-def test_time_budget_without_steps_needs_schedule_length():
-    with pytest.raises(ConfigError, match="schedule.total_steps"):
-        validate(_compose("trainer.max_steps=null", "trainer.max_time=60"))
-    assert validate(_compose("trainer.max_steps=null", "trainer.max_time=60", "schedule.total_steps=100"))
+def test_time_or_token_budget_places_the_schedule_by_fraction():
+    from pretrain.train.budget import schedule_steps
+
+    for overrides, span in ((["trainer.max_steps=null", "trainer.max_time=60"], None),
+                            (["trainer.max_tokens=100000"], None),
+                            (["trainer.max_steps=null", "trainer.max_time=60", "schedule.total_steps=100"], 100),
+                            (["trainer.max_steps=500"], 500)):
+        t = validate(_compose(*overrides))
+        assert schedule_steps(t.schedule.total_steps, t.trainer.max_steps, t.trainer.max_tokens, t.trainer.max_time) == span
 
 
 @pytest.mark.parametrize("overrides, needle", [
