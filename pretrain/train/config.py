@@ -123,6 +123,15 @@ class ClusterConfig:
     container: ContainerConfig = field(default_factory=ContainerConfig)
 
 
+RECIPES = ("classic", "modern")   # conf/recipe/<name>.yaml
+
+
+@dataclass
+class RecipeConfig:
+    """Which recipe (conf/recipe/) set the training choices; the values live in the groups it sets."""
+    name: str = "classic"
+
+
 @dataclass
 class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
@@ -136,9 +145,11 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    recipe: RecipeConfig = field(default_factory=RecipeConfig)
 
 
 _CHOICES = {
+    "recipe.name": RECIPES,
     "model.arch": registry.names(),
     "model.attention_backend": ATTENTION_BACKENDS,
     "model.hidden_act": ("gelu", "gelu_new", "relu"),

@@ -111,3 +111,18 @@ def test_pipeline_layouts_that_cannot_run_are_refused_before_launch(overrides, n
 def test_pipeline_preset_validates_on_a_world_it_divides():
     cfg = validate(_compose("model=bert-base", "parallel=pipeline", "parallel.pipeline_stages=4", "cluster.nproc=8"))
     assert cfg.parallel.pipeline_stages == 4 and cfg.parallel.zero_stage == 1
+
+
+def test_recipes_set_training_choices_and_the_command_line_still_wins():
+    classic = validate(_compose("model=bert-mini"))
+    assert classic.recipe.name == "classic" and classic.objective.mlm_probability == 0.15
+    assert (classic.schedule.name, classic.optim.lr, classic.model.hidden_dropout) == ("linear", 1e-4, 0.1)
+    modern = validate(_compose("model=modernbert-mini", "recipe=modern"))
+    assert modern.recipe.name == "modern" and modern.model.arch == "modernbert"  # the architecture is the model's
+    assert modern.objective.mlm_probability == 0.3 and modern.objective.eval_mlm_probability == 0.15
+    assert modern.objective.sentence_task == "none" and modern.schedule.name == "wsd"
+    assert list(modern.optim.betas) == [0.9, 0.98] and modern.model.hidden_dropout == 0.0
+    mine = validate(_compose("recipe=modern", "schedule=cosine", "optim.lr=1e-3", "objective.mlm_probability=0.2"))
+    assert (mine.schedule.name, mine.optim.lr, mine.objective.mlm_probability) == ("cosine", 1e-3, 0.2)
+    with pytest.raises(ConfigError, match="recipe.name"):
+        validate(_compose("recipe.name=fancy"))
