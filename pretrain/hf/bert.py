@@ -30,6 +30,13 @@ def import_class(model_type: str):
     return export_class(ModelConfig(arch=model_type))
 
 
+def import_may_lack(key: str) -> bool:
+    """Weights an imported directory may lack: the sentence head (pooler and classifier), which our
+    import initialises fresh (a *ForMaskedLM checkpoint has none), and bookkeeping buffers."""
+    return (key.endswith(("position_ids", "token_type_ids")) or "seq_relationship" in key or "sop_classifier" in key
+            or ".pooler" in key)
+
+
 def allowed_missing(key: str, cfg: ModelConfig) -> bool:
     """Keys transformers' export model may lack from our state dict: bookkeeping buffers, the
     sentence head when we have none (and then its pooler)."""

@@ -2,7 +2,7 @@
 converter module (the registry's `hf_module`: pretrain/hf/bert.py, pretrain/hf/modernbert.py).
 
 A converter module provides: export_class(cfg), import_class(model_type), allowed_missing(key,
-cfg), to_hf_config(cfg, special_ids), from_hf_config(hf_config), to_hf_state_dict(model),
+cfg) (export), import_may_lack(key) (import), to_hf_config(cfg, special_ids), from_hf_config(hf_config), to_hf_state_dict(model),
 load_hf_state_dict(model, hf_sd).
 """
 from __future__ import annotations

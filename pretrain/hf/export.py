@@ -14,6 +14,7 @@ import json
 from dataclasses import asdict, fields, replace
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from pretrain.model.config import ModelConfig
@@ -136,7 +137,55 @@ def load_hf_pretrained(path: str | Path, cfg: ModelConfig | None = None) -> tupl
                               "with init_from the model's shape is the directory's")
         loaded = ModelConfig(**asdict(cfg))
     model_type = AutoConfig.from_pretrained(str(path)).model_type
-    hf = converter_for(model_type).import_class(model_type).from_pretrained(str(path))
+    conv = converter_for(model_type)
+    hf, info = conv.import_class(model_type).from_pretrained(str(path), output_loading_info=True)
+    check_import(path, conv, hf, info)
     model = build_model(loaded)
     load_hf_state_dict(model, hf.state_dict())
     return model, loaded
+
+
+def check_import(path: str | Path, conv, hf, info: dict) -> None:
+    """Refuse, in one line, a directory transformers would load into a different model without
+    failing: a weight it would drop (unexpected), one it would initialise randomly (missing, other
+    than what our import initialises anyway: the sentence head), or a decoder not tied to the
+    token embeddings (ours always are: the file's decoder would be replaced by the embeddings)."""
+    where = f"model.init_from={str(path)!r}"
+    decoder, embeddings = hf.get_output_embeddings(), hf.get_input_embeddings()
+    stored = _stored_tensor(Path(path), _param_name(hf, decoder) + ".weight")
+    for what, weight in (("config.json tie_word_embeddings=false and the decoder", decoder.weight),
+                         ("the stored decoder weight", stored)):
+        if weight is not None and weight.shape == embeddings.weight.shape and \
+                not torch.equal(weight.to(embeddings.weight.dtype), embeddings.weight):
+            raise ExportError(f"{where}: {what} differs from the token embeddings (an untied decoder); "
+                              "our models tie them, so importing would replace it")
+    unexpected = [k for k in info.get("unexpected_keys", ()) if not k.endswith(("position_ids", "token_type_ids"))]
+    if unexpected:
+        raise ExportError(f"{where}: weight {unexpected[0]!r} (of {len(unexpected)} unexpected) has no place in "
+                          f"{type(hf).__name__}; importing would drop it")
+    missing = [k for k in info.get("missing_keys", ()) if not conv.import_may_lack(k)]
+    if missing:
+        raise ExportError(f"{where}: weight {missing[0]!r} (of {len(missing)} missing) is not in the directory; "
+                          "importing would initialise it randomly")
+
+
+def _param_name(model: nn.Module, module: nn.Module) -> str:
+    return next(name for name, m in model.named_modules() if m is module)
+
+
+def _stored_tensor(path: Path, name: str):
+    """The tensor `name` as stored in the directory's safetensors files, or None."""
+    from safetensors import safe_open
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        file = json.loads(index.read_text()).get("weight_map", {}).get(name)
+        files = [path / file] if file else []
+    else:
+        files = [path / "model.safetensors"]
+    for file in files:
+        if file.is_file():
+            with safe_open(str(file), framework="pt") as f:
+                if name in f.keys():
+                    return f.get_tensor(name)
+    return None

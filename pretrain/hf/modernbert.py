@@ -38,6 +38,11 @@ def import_class(model_type: str):
     return ModernBertForMaskedLM
 
 
+def import_may_lack(key: str) -> bool:
+    """ModernBertForMaskedLM has no sentence head: an import needs every weight it has."""
+    return False
+
+
 def allowed_missing(key: str, cfg: ModelConfig) -> bool:
     return False
 
@@ -52,7 +57,7 @@ def to_hf_config(cfg: ModelConfig, special_ids: dict | None = None):
     from transformers import ModernBertConfig
 
     special = special_ids or {}
-    return ModernBertConfig(
+    config = ModernBertConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, hidden_activation=cfg.hidden_act,
         max_position_embeddings=cfg.max_position_embeddings, initializer_range=cfg.initializer_range,
@@ -67,6 +72,11 @@ def to_hf_config(cfg: ModelConfig, special_ids: dict | None = None):
         decoder_bias=True, classifier_activation=cfg.hidden_act, tie_word_embeddings=True,
         architectures=["ModernBertForMaskedLM"],
     )
+    # transformers 4.48-4.57 read these keys instead of layer_types / rope_parameters: the same
+    # values, so a reader of either generation builds the same model (5.x is the one tested).
+    config.global_attn_every_n_layers = cfg.global_attn_every_n_layers if cfg.local_attention else 1
+    config.global_rope_theta, config.local_rope_theta = cfg.global_rope_theta, cfg.local_rope_theta
+    return config
 
 
 def _global_every(layer_types: list[str]) -> int:

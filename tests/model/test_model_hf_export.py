@@ -58,3 +58,58 @@ def test_a_model_without_sentence_head_exports_and_fills_masks(arch, tokenizer_f
     assert (ours - hf(**enc).logits).abs().max() <= 1e-5
     again, again_cfg = load_hf_pretrained(out_dir)
     assert again_cfg.arch == arch
+
+
+def _rewrite_weights(directory, edit) -> None:
+    """Edit the tensors stored in `directory`/model.safetensors in place (a hand-made checkpoint)."""
+    from safetensors.torch import load_file, save_file
+
+    path = str(directory / "model.safetensors")
+    tensors = load_file(path)
+    edit(tensors)
+    save_file(tensors, path, metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("arch", ["bert", "modernbert"])
+def test_importing_an_unexpected_missing_or_untied_weight_is_one_error(arch, tokenizer_file, tmp_path):
+    """transformers would load these directories into a different model without failing (drop the
+    weight, initialise it randomly, or tie the decoder over the stored one): we refuse them."""
+    from helpers_model import modern_cfg
+
+    cfg = (tiny_cfg("bert", vocab_size=400) if arch == "bert" else modern_cfg(vocab_size=400, sentence_head="none"))
+    good = export_hf(build_model(cfg), cfg, tokenizer_file, tmp_path / "good")
+    load_hf_pretrained(good)  # the export itself imports cleanly
+    embeddings = "bert.embeddings.word_embeddings.weight" if arch == "bert" else "model.embeddings.tok_embeddings.weight"
+    decoder = "cls.predictions.decoder.weight" if arch == "bert" else "decoder.weight"
+    needed = "cls.predictions.transform.dense.weight" if arch == "bert" else "head.dense.weight"
+
+    cases = {
+        "unexpected": (lambda t: t.__setitem__("extra.adapter.weight", torch.ones(3)), "has no place"),
+        "missing": (lambda t: t.pop(needed), "initialise it randomly"),
+        "untied": (lambda t: t.__setitem__(decoder, t[embeddings] + 0.5), "untied decoder"),
+    }
+    for name, (edit, needle) in cases.items():
+        bad = tmp_path / name
+        export_hf(build_model(cfg), cfg, tokenizer_file, bad)
+        _rewrite_weights(bad, edit)
+        with pytest.raises(ExportError, match=needle) as e:
+            load_hf_pretrained(bad)
+        assert "model.init_from=" in str(e.value) and "\n" not in str(e.value), name
+    untied = tmp_path / "untied-config"
+    export_hf(build_model(cfg), cfg, tokenizer_file, untied)
+    config = json.loads((untied / "config.json").read_text())
+    (untied / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    _rewrite_weights(untied, lambda t: t.__setitem__(decoder, t[embeddings] * 2))
+    with pytest.raises(ExportError, match="untied decoder"):
+        load_hf_pretrained(untied)
+
+
+def test_a_plain_transformers_masked_lm_still_imports(tokenizer_file, tmp_path):
+    """A BertForMaskedLM directory lacks the pooler and NSP head: our import initialises them."""
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(0)
+    BertForMaskedLM(BertConfig(vocab_size=400, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                               intermediate_size=64, max_position_embeddings=64)).save_pretrained(tmp_path / "mlm")
+    model, cfg = load_hf_pretrained(tmp_path / "mlm")
+    assert cfg.arch == "bert" and cfg.num_layers == 2

@@ -141,3 +141,28 @@ def test_init_follows_transformers_truncated_normals():
     assert model.encoder.layers[0].attn_norm.__class__.__name__ == "Identity"
     assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear)
                and m not in (model.heads.sentence.pooler, model.heads.sentence.classifier))
+
+
+def test_export_writes_both_config_generations_and_a_4x_style_config_imports_as_the_same_model(tokenizer_file, tmp_path):
+    """Non-default global-layer spacing and rotary thetas: an export's config.json says them in
+    transformers 5's keys (layer_types, rope_parameters) and 4.x's (global_attn_every_n_layers,
+    global_rope_theta, local_rope_theta); a checkpoint written by 4.x (only the old keys) imports
+    as the same model, not with the defaults."""
+    cfg = modern_cfg(vocab_size=400, num_layers=4, global_attn_every_n_layers=2, global_rope_theta=5000.0,
+                     local_rope_theta=777.0, sentence_head="none")
+    model = randomised(build_model(cfg)).eval()
+    out_dir = export_hf(model, cfg, tokenizer_file, tmp_path / "export")
+    config = json.loads((out_dir / "config.json").read_text())
+    assert config["layer_types"] == ["full_attention", "sliding_attention"] * 2
+    assert config["rope_parameters"]["full_attention"]["rope_theta"] == 5000.0 == config["global_rope_theta"]
+    assert config["rope_parameters"]["sliding_attention"]["rope_theta"] == 777.0 == config["local_rope_theta"]
+    assert config["global_attn_every_n_layers"] == 2
+
+    old = {k: v for k, v in config.items() if k not in ("layer_types", "rope_parameters")}
+    (out_dir / "config.json").write_text(json.dumps(old))
+    again, again_cfg = load_hf_pretrained(out_dir)
+    assert (again_cfg.global_attn_every_n_layers, again_cfg.global_rope_theta, again_cfg.local_rope_theta) == (2, 5000.0, 777.0)
+    batch = tiny_batch(cfg, seq=14)
+    valid = batch["attention_mask"].bool()
+    diff = run(again.eval(), batch, all_positions=True).mlm_logits - run(model, batch, all_positions=True).mlm_logits
+    assert diff[valid].abs().max() == 0
