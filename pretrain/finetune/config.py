@@ -94,7 +94,7 @@ class LoraMethod:
     r: int = 8
     alpha: float = 16.0
     dropout: float = 0.1
-    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+    target_modules: Optional[list[str]] = None   # None: the architecture's attention projections
 
 
 @dataclass
@@ -183,8 +183,8 @@ def _validate_method(node) -> DictConfig:
             raise ConfigError(f"config key 'method.alpha_init' = {cfg.alpha_init!r}; must be within (0, 1)")
         if cfg.hidden % cfg.heads:
             raise ConfigError(f"config: method.hidden={cfg.hidden} is not divisible by method.heads={cfg.heads}")
-    if name == "lora" and (not 0.0 <= cfg.dropout < 1.0 or not cfg.target_modules):
-        raise ConfigError("config: method.dropout must be within [0, 1) and method.target_modules non-empty")
+    if name == "lora" and (not 0.0 <= cfg.dropout < 1.0 or (cfg.target_modules is not None and not cfg.target_modules)):
+        raise ConfigError("config: method.dropout must be within [0, 1) and method.target_modules null or non-empty")
     if name == "mask" and cfg.init_score <= cfg.threshold:
         raise ConfigError(
             f"config: method.init_score={cfg.init_score} must be above method.threshold={cfg.threshold} "

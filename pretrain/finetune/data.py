@@ -205,9 +205,10 @@ def _align_word_labels(word_ids: list[Optional[int]], word_labels: list[int]) ->
 class Collator:
     """Pad a list of items to the longest; attention_mask marks real tokens."""
 
-    def __init__(self, pad_id: int, regression: bool):
+    def __init__(self, pad_id: int, regression: bool, token_types: bool = True):
         self.pad_id = pad_id
         self.regression = regression
+        self.token_types = token_types  # False: the model takes no token_type_ids (ModernBERT)
 
     def __call__(self, items: list[dict]) -> dict:
         n, width = len(items), max(len(it["input_ids"]) for it in items)
@@ -226,5 +227,8 @@ class Collator:
         if not token_level:
             dtype = torch.float32 if self.regression else torch.long
             labels = torch.tensor([it["labels"] for it in items], dtype=dtype)
-        return {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels,
-                "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+        batch = {"input_ids": ids, "token_type_ids": types, "attention_mask": mask, "labels": labels,
+                 "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+        if not self.token_types:
+            del batch["token_type_ids"]
+        return batch

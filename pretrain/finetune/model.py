@@ -3,13 +3,14 @@
 `model.path` may be a pretrain-launch run directory (its newest complete checkpoint is exported
 once, through pretrain.train.export.export_run, into <fine-tuning run>/backbone/ and that copy is
 used for the whole run, resumes included), a directory exported by pretrain-export, or any local
-BERT/ALBERT Hugging Face directory (BertForMaskedLM, BertForPreTraining, ...; it needs tokenizer
-files). The task model is transformers' *ForSequenceClassification / *ForTokenClassification;
+Hugging Face directory of a registered architecture (BERT, ALBERT, ModernBERT: BertForMaskedLM,
+BertForPreTraining, ModernBertForMaskedLM, ...; it needs tokenizer files). The task model is transformers' *ForSequenceClassification / *ForTokenClassification;
 weights the checkpoint lacks (the classifier, a missing pooler) form the task head.
 """
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import torch
 
 from pretrain.train.config import ConfigError
 
+from .backbones import spec_for
 from .data import LabelMap
 from .methods import ParamCount, apply_method
 
@@ -100,6 +102,7 @@ class TaskModel:
     head: set[str]            # names of the newly initialised parameters
     params: ParamCount
     arch: str
+    token_types: bool = True  # the model's forward takes token_type_ids (ModernBERT's does not)
 
 
 def build_task_model(hf_dir: str, task_type: str, labels: LabelMap, mcfg, model_cfg, max_seq_len: int,
@@ -109,8 +112,7 @@ def build_task_model(hf_dir: str, task_type: str, labels: LabelMap, mcfg, model_
     from transformers.utils import logging as hf_logging
 
     config = AutoConfig.from_pretrained(hf_dir)
-    if config.model_type not in ("bert", "albert"):
-        raise ConfigError(f"{hf_dir}: model_type={config.model_type!r}; only BERT and ALBERT backbones are supported")
+    spec = spec_for(config.model_type, hf_dir)
     if max_seq_len > config.max_position_embeddings:
         raise ConfigError(f"config: trainer.max_seq_len={max_seq_len} exceeds the backbone's max_position_embeddings="
                           f"{config.max_position_embeddings}")
@@ -119,12 +121,11 @@ def build_task_model(hf_dir: str, task_type: str, labels: LabelMap, mcfg, model_
         config.id2label = dict(enumerate(labels.names))
         config.label2id = {n: i for i, n in enumerate(labels.names)}
     config.problem_type = "regression" if labels.regression else "single_label_classification"
-    if model_cfg.hidden_dropout is not None:
-        config.hidden_dropout_prob = model_cfg.hidden_dropout
-        if config.model_type == "albert":
-            config.classifier_dropout_prob = model_cfg.hidden_dropout
-    if model_cfg.attention_dropout is not None:
-        config.attention_probs_dropout_prob = model_cfg.attention_dropout
+    for keys, value in ((spec.hidden_dropout_keys, model_cfg.hidden_dropout),
+                        (spec.attention_dropout_keys, model_cfg.attention_dropout)):
+        if value is not None:
+            for key in keys:
+                setattr(config, key, value)
     cls = AutoModelForTokenClassification if task_type == "token_classification" else AutoModelForSequenceClassification
     torch.manual_seed(seed)  # the head's initialisation
     verbosity = hf_logging.get_verbosity()
@@ -139,6 +140,7 @@ def build_task_model(hf_dir: str, task_type: str, labels: LabelMap, mcfg, model_
     if not head:
         raise ConfigError(f"{hf_dir}: already has a {cls.__name__} head; give a pretrained (masked-LM) backbone")
     model.float()
+    token_types = "token_type_ids" in inspect.signature(model.forward).parameters
     torch.manual_seed(seed + 1)  # the method's own initialisation
-    params = apply_method(model, mcfg, head)
-    return TaskModel(model, head, params, config.model_type)
+    params = apply_method(model, mcfg, head, spec)
+    return TaskModel(model, head, params, config.model_type, token_types)

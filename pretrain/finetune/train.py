@@ -95,7 +95,7 @@ class Run:
             self.test_set = encode_split(test_rows, self.test_report, self.tokenizer, task, self.labels, t.max_seq_len)
         built = build_task_model(self.backbone, task.type, self.labels, cfg.method, cfg.model, t.max_seq_len, cfg.run.seed)
         self.params, self.head, self.arch = built.params, built.head, built.arch
-        self.collate = Collator(self.tokenizer.pad_token_id or 0, self.labels.regression)
+        self.collate = Collator(self.tokenizer.pad_token_id or 0, self.labels.regression, built.token_types)
         self.sampler = EpochSampler(len(self.train_set), cfg.run.seed)
         drop_last = len(self.train_set) >= t.batch_size
         batches = torch.utils.data.BatchSampler(self.sampler, t.batch_size, drop_last=drop_last)

@@ -30,6 +30,23 @@ def import_class(model_type: str):
     return export_class(ModelConfig(arch=model_type))
 
 
+def finetune_spec(model_type: str):
+    from .finetune_spec import FinetuneSpec
+
+    if model_type == "albert":
+        return FinetuneSpec(
+            layer_classes=("AlbertLayer",), attention_classes=("AlbertAttention",),
+            output_projections=(("AlbertAttention", "dense"), ("AlbertLayer", "ffn_output")),
+            lora_targets=("query", "value"), side_input="embeddings", side_output="encoder",
+            hidden_dropout_keys=("hidden_dropout_prob", "classifier_dropout_prob"),
+            attention_dropout_keys=("attention_probs_dropout_prob",))
+    return FinetuneSpec(
+        layer_classes=("BertLayer",), attention_classes=("BertSelfAttention",),
+        output_projections=(("BertSelfOutput", "dense"), ("BertOutput", "dense")),
+        lora_targets=("query", "value"), side_input="embeddings", side_output="encoder",
+        hidden_dropout_keys=("hidden_dropout_prob",), attention_dropout_keys=("attention_probs_dropout_prob",))
+
+
 def import_may_lack(key: str) -> bool:
     """Weights an imported directory may lack: the sentence head (pooler and classifier), which our
     import initialises fresh (a *ForMaskedLM checkpoint has none), and bookkeeping buffers."""

@@ -38,6 +38,19 @@ def import_class(model_type: str):
     return ModernBertForMaskedLM
 
 
+def finetune_spec(model_type: str):
+    """ModernBertFor{Sequence,Token}Classification: pre-LN layers (attention Wqkv/Wo, GeGLU Wi/Wo),
+    no `encoder` module: the side network blends at the final norm's output."""
+    from .finetune_spec import FinetuneSpec
+
+    return FinetuneSpec(
+        layer_classes=("ModernBertEncoderLayer",), attention_classes=("ModernBertAttention",),
+        output_projections=(("ModernBertAttention", "Wo"), ("ModernBertMLP", "Wo")),
+        lora_targets=("Wqkv",), side_input="embeddings", side_output="final_norm",
+        hidden_dropout_keys=("embedding_dropout", "mlp_dropout", "classifier_dropout"),
+        attention_dropout_keys=("attention_dropout",))
+
+
 def import_may_lack(key: str) -> bool:
     """ModernBertForMaskedLM has no sentence head: an import needs every weight it has."""
     return False

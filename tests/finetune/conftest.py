@@ -35,9 +35,13 @@ def export_random(prepared_demo: str, out: str, arch: str, initializer_range: fl
     from pretrain.model.config import ModelConfig
 
     torch.manual_seed(0)
+    # ModernBERT: bias-free, layer 0 global, layer 1 local with an 8-token window (shorter than
+    # the tests' rows, so windows matter).
+    modern = dict(linear_bias=False, norm_bias=False, local_attention=8, global_attn_every_n_layers=2,
+                  sentence_head="none") if arch == "modernbert" else {}
     cfg = ModelConfig(arch=arch, vocab_size=2000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
                       max_position_embeddings=128, embedding_size=32 if arch == "albert" else None,
-                      initializer_range=initializer_range)
+                      initializer_range=initializer_range, **modern)
     export_hf(build_model(cfg), cfg, os.path.join(prepared_demo, "tokenizer.json"), out)
     return out
 
@@ -45,7 +49,7 @@ def export_random(prepared_demo: str, out: str, arch: str, initializer_range: fl
 @pytest.fixture(scope="session")
 def random_exports(prepared_demo, tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("random_exports")
-    return {arch: export_random(prepared_demo, str(root / arch), arch) for arch in ("bert", "albert")}
+    return {arch: export_random(prepared_demo, str(root / arch), arch) for arch in ("bert", "albert", "modernbert")}
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +59,12 @@ def test_backbone(prepared_demo, tmp_path_factory) -> str:
     frozen-backbone method can learn in a test's hundred steps; at 0.1 the input reaches [CLS].
     (A real pretraining run long enough to do this costs minutes; bench/finetune.py does that.)"""
     return export_random(prepared_demo, str(tmp_path_factory.mktemp("test_backbone") / "bert"), "bert", 0.1)
+
+
+@pytest.fixture(scope="session")
+def modern_test_backbone(prepared_demo, tmp_path_factory) -> str:
+    """The same for ModernBERT (initializer_range 0.1, for the same reason)."""
+    return export_random(prepared_demo, str(tmp_path_factory.mktemp("test_backbone") / "modernbert"), "modernbert", 0.1)
 
 
 @pytest.fixture(scope="session")

@@ -38,7 +38,7 @@ def expected_trainable(arch: str, name: str, mcfg) -> int:
     if name == "prefix":
         return layers * 2 * mcfg.num_virtual_tokens * H + head
     if name == "lora":
-        return layers * len(mcfg.target_modules) * 2 * mcfg.r * H + head
+        return layers * len(mcfg.target_modules or ["query", "value"]) * 2 * mcfg.r * H + head
     if name == "side":
         s = mcfg.hidden
         per_layer = (3 * s * s + 3 * s) + (s * s + s) + (s * 2 * s + 2 * s) + (2 * s * s + s) + 4 * s
@@ -79,7 +79,7 @@ def test_methods_that_start_from_the_identity_do_not_change_the_backbone_output(
         a = plain.bert(input_ids=ids, attention_mask=mask).last_hidden_state
         b = adapted.bert(input_ids=ids, attention_mask=mask).last_hidden_state
     if name == "side":
-        b = b / adapted.bert.encoder.alpha
+        b = b / adapted.bert.side_tuning.alpha
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -99,4 +99,76 @@ def test_prefix_changes_attention_and_respects_padding(random_exports):
             if p.requires_grad and p.dim() == 3:
                 p.add_(0.5)
         moved = model(input_ids=ids).logits
+    assert not torch.allclose(short, moved)
+
+
+def expected_modernbert(name: str, mcfg) -> int:
+    """ModernBERT (bias-free): Wqkv H x 3H, Wo H x H, GeGLU Wi H x 2I, Wo I x H per layer; its
+    LayerNorms have weights only: embeddings, layer 1's attention norm (layer 0 has none), both
+    MLP norms, the final norm and the classification head's norm."""
+    head = H * C + C
+    if name == "adapter":
+        m = mcfg.bottleneck
+        return L * 2 * (2 * H * m + m + H) + 6 * H + head
+    if name == "prefix":
+        return L * 2 * mcfg.num_virtual_tokens * H + head
+    if name == "lora":  # the fused Wqkv: A r x H, B 3H x r
+        return L * (mcfg.r * H + 3 * H * mcfg.r) + head
+    if name == "side":
+        s = mcfg.hidden
+        per_layer = (3 * s * s + 3 * s) + (s * s + s) + (s * 2 * s + 2 * s) + (2 * s * s + s) + 4 * s
+        return (H * s + s) + mcfg.layers * per_layer + (s * H + H) + 1 + head
+    if name == "mask":
+        return L * (3 * H * H + H * H + H * 2 * I + I * H) + head
+    raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["adapter", "prefix", "lora", "side", "mask"])
+def test_modernbert_backbones_take_every_method_where_its_spec_says(random_exports, name):
+    small = {"bottleneck": 8, "hidden": 16, "num_virtual_tokens": 4, "r": 4}
+    mcfg = method(name, **{k: v for k, v in small.items() if k in METHODS[name].__dataclass_fields__})
+    built = build_task_model(random_exports["modernbert"], "classification", LabelMap(False, ["a", "b", "c"]), mcfg,
+                             MODEL_CFG, 32, 0)
+    assert built.arch == "modernbert" and not built.token_types
+    assert built.head == {"classifier.weight", "classifier.bias"}
+    assert built.params.trainable == expected_modernbert(name, mcfg)
+    trainable = {n for n, p in built.model.named_parameters() if p.requires_grad}
+    assert not any(n.endswith(("tok_embeddings.weight", "Wqkv.weight", "Wqkv.base_layer.weight")) for n in trainable)
+
+
+def test_bitfit_on_a_bias_free_backbone_is_one_clear_error(random_exports):
+    from pretrain.train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="method=bitfit: the backbone has no bias terms"):
+        build(random_exports["modernbert"], "bitfit")
+
+
+@pytest.mark.parametrize("name", ["adapter", "lora", "side", "mask"])
+def test_modernbert_methods_start_from_the_identity(random_exports, name):
+    ids = torch.randint(5, 2000, (3, 20))
+    mask = torch.ones_like(ids)
+    mask[1, 12:] = 0
+    plain = build(random_exports["modernbert"], "full").model.eval()
+    adapted = build(random_exports["modernbert"], name).model.eval()
+    with torch.no_grad():
+        a = plain.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = adapted.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    if name == "side":
+        b = b / adapted.model.side_tuning.alpha
+    torch.testing.assert_close(a[mask.bool()], b[mask.bool()], atol=1e-5, rtol=1e-5)
+
+
+def test_modernbert_prefix_is_attended_and_padding_and_windows_hold(random_exports):
+    model = build(random_exports["modernbert"], "prefix", num_virtual_tokens=4).model.eval()
+    ids = torch.randint(5, 2000, (1, 20))  # longer than the local layer's 8-token window
+    padded = torch.cat([ids, torch.zeros(1, 6, dtype=torch.long)], 1)
+    mask = torch.cat([torch.ones(1, 20, dtype=torch.long), torch.zeros(1, 6, dtype=torch.long)], 1)
+    with torch.no_grad():
+        short = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+        long = model(input_ids=padded, attention_mask=mask).logits
+        torch.testing.assert_close(short, long, atol=1e-5, rtol=1e-5)
+        for p in model.parameters():
+            if p.requires_grad and p.dim() == 3:
+                p.add_(0.5)
+        moved = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
     assert not torch.allclose(short, moved)

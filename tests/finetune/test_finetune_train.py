@@ -56,3 +56,19 @@ def test_method_learns_keeps_frozen_weights_and_its_task_weights_reload_exactly(
     assert [p["line"] for p in preds] == list(range(2, 42))  # the test file's data lines, in order
     if method == "mask":  # 1 bit per masked weight + the head in fp32
         assert summary["task_bytes"] < summary["trainable_params"] * 4 / 8
+
+
+@pytest.mark.parametrize("method", ["full", "adapter", "prefix", "lora", "side", "mask"])
+def test_a_modernbert_backbone_learns_with_every_method_and_reloads_exactly(tmp_path, modern_test_backbone,
+                                                                            source_task, method):
+    """ModernBERT through the same registry: bias-free (so no bitfit), no token types, local windows."""
+    cfg = compose_cfg(*task_overrides(source_task, tmp_path, method, modern_test_backbone), *LEARNING,
+                      f"method={method}", f"optim.lr={LR.get(method, '1e-2')}")
+    run = Run(cfg, prepare_run_dir(cfg), log=lambda *a, **k: None)
+    summary = fit(run)
+    assert summary["best/eval_accuracy"] >= CHANCE + 0.15, summary["line"]
+    assert summary["reloaded/eval_accuracy"] == pytest.approx(summary["best/eval_accuracy"])
+    loaded = load_task_model(os.path.join(run.run_dir, TASK_DIR))
+    before = predict(run.model, run.val_dl, run.acc, "classification", False)
+    after = predict(loaded.model, run.val_dl, run.acc, "classification", False)
+    assert np.array_equal(before.logits, after.logits)

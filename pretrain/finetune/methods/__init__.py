@@ -46,15 +46,16 @@ def count(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def apply_method(model: nn.Module, mcfg, head_names: set[str]) -> ParamCount:
-    """Apply `mcfg.name` to `model` in place; afterwards exactly its parameters (and the head)
-    have requires_grad. Returns the parameter counts."""
+def apply_method(model: nn.Module, mcfg, head_names: set[str], spec) -> ParamCount:
+    """Apply `mcfg.name` to `model` in place (`spec`: the architecture's FinetuneSpec, for where
+    the method goes); afterwards exactly its parameters (and the head) have requires_grad.
+    Returns the parameter counts."""
     base = count(model)
     if mcfg.name == "full":
         markers = None
     else:
         try:
-            markers = _APPLY[mcfg.name](model, mcfg)
+            markers = _APPLY[mcfg.name](model, mcfg, spec, head_names)
         except ValueError as e:
             raise ConfigError(str(e)) from None
     for name, p in model.named_parameters():

@@ -41,25 +41,23 @@ class AdaptedLinear(nn.Module):
         return self.adapter(self.base(x))
 
 
-def _output_projections(model) -> list[tuple[nn.Module, str]]:
-    """(parent, attribute) of every sublayer output projection, BERT and ALBERT."""
-    from transformers.models.albert.modeling_albert import AlbertAttention, AlbertLayer
-    from transformers.models.bert.modeling_bert import BertOutput, BertSelfOutput
-
-    found = []
+def _output_projections(model, spec) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of every sublayer output projection (the architecture's spec)."""
+    wanted = dict(spec.output_projections)
+    seen, found = set(), []
     for module in model.modules():
-        if isinstance(module, (BertSelfOutput, BertOutput, AlbertAttention)):
-            found.append((module, "dense"))
-        elif isinstance(module, AlbertLayer):
-            found.append((module, "ffn_output"))
+        attr = wanted.get(type(module).__name__)
+        if attr is not None and id(module) not in seen:
+            seen.add(id(module))
+            found.append((module, attr))
     return found
 
 
-def apply(model, mcfg) -> list[str]:
+def apply(model, mcfg, spec, head_names) -> list[str]:
     """Insert adapters; returns the name patterns of the parameters this method trains."""
-    projections = _output_projections(model)
+    projections = _output_projections(model, spec)
     if not projections:
-        raise ValueError("method=adapter: found no BERT/ALBERT layer output projections in this model")
+        raise ValueError(f"method=adapter: found no layer output projections {spec.output_projections} in this model")
     for parent, attr in projections:
         base = getattr(parent, attr)
         setattr(parent, attr, AdaptedLinear(base, BottleneckAdapter(base.out_features, mcfg.bottleneck, mcfg.activation)))

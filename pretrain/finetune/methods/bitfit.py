@@ -7,5 +7,9 @@ pooler's, where the backbone has one).
 from __future__ import annotations
 
 
-def apply(model, mcfg) -> list[str]:
-    return [name for name, _ in model.named_parameters() if name.endswith(".bias")]
+def apply(model, mcfg, spec, head_names) -> list[str]:
+    biases = [name for name, _ in model.named_parameters() if name.endswith(".bias")]
+    if not [b for b in biases if b not in head_names]:
+        raise ValueError("method=bitfit: the backbone has no bias terms (e.g. ModernBERT's linears and norms are "
+                         "bias-free), so only the task head would train; pick lora, adapter or another method")
+    return biases

@@ -42,24 +42,22 @@ class MaskedLinear(nn.Module):
             self.scores.copy_(torch.where(on, self.threshold + margin, self.threshold - margin))
 
 
-def _encoder_linears(model) -> list[tuple[nn.Module, str]]:
-    from transformers.models.albert.modeling_albert import AlbertLayer
-    from transformers.models.bert.modeling_bert import BertLayer
+def _encoder_linears(model, spec) -> list[tuple[nn.Module, str]]:
+    from ..backbones import modules_of
 
     found = []
-    for layer in model.modules():
-        if isinstance(layer, (BertLayer, AlbertLayer)):
-            for parent in layer.modules():
-                for attr, child in parent.named_children():
-                    if isinstance(child, nn.Linear):
-                        found.append((parent, attr))
+    for layer in modules_of(model, spec.layer_classes):
+        for parent in layer.modules():
+            for attr, child in parent.named_children():
+                if isinstance(child, nn.Linear):
+                    found.append((parent, attr))
     return found
 
 
-def apply(model, mcfg) -> list[str]:
-    linears = _encoder_linears(model)
+def apply(model, mcfg, spec, head_names) -> list[str]:
+    linears = _encoder_linears(model, spec)
     if not linears:
-        raise ValueError("method=mask: found no BERT/ALBERT encoder layers in this model")
+        raise ValueError(f"method=mask: found no encoder layers {spec.layer_classes} in this model")
     for parent, attr in linears:
         setattr(parent, attr, MaskedLinear(getattr(parent, attr), mcfg.threshold, mcfg.init_score))
     return [".scores"]

@@ -8,7 +8,9 @@ required for prefix tuning", checked with peft 0.21 / transformers 5.24). Instea
 through transformers' documented attention extension point: an attention function registered in
 `AttentionInterface` (with sdpa's mask function in `AttentionMaskInterface`) that concatenates the
 module's prefix to key/value and widens the padding mask, then calls the stock sdpa attention.
-ALBERT shares its layers, so a shared layer's prefix is shared too.
+ALBERT shares its layers, so a shared layer's prefix is shared too. ModernBERT's local layers keep
+their window over the real tokens (the sliding-window mask is made by sdpa's mask function); the
+prefix, which has no position, is visible to every query.
 """
 from __future__ import annotations
 
@@ -50,19 +52,16 @@ def register() -> None:
     AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
 
 
-def _attention_modules(model) -> list[nn.Module]:
-    from transformers.models.albert.modeling_albert import AlbertAttention
-    from transformers.models.bert.modeling_bert import BertSelfAttention
+def apply(model, mcfg, spec, head_names) -> list[str]:
+    from ..backbones import modules_of
 
-    return [m for m in model.modules() if isinstance(m, (BertSelfAttention, AlbertAttention))]
-
-
-def apply(model, mcfg) -> list[str]:
-    modules = _attention_modules(model)
+    modules = modules_of(model, spec.attention_classes)
     if not modules:
-        raise ValueError("method=prefix: found no BERT/ALBERT self-attention modules in this model")
+        raise ValueError(f"method=prefix: found no self-attention modules {spec.attention_classes} in this model")
+    config = model.config
+    heads = config.num_attention_heads
     register()
     for m in modules:
-        m.prefix = PrefixKV(m.num_attention_heads, m.attention_head_size, mcfg.num_virtual_tokens, mcfg.init_std)
+        m.prefix = PrefixKV(heads, config.hidden_size // heads, mcfg.num_virtual_tokens, mcfg.init_std)
     model.set_attn_implementation(ATTN_NAME)
     return [".prefix."]

@@ -41,30 +41,52 @@ def padding_from_mask(mask, batch: int, length: int) -> torch.Tensor | None:
     return ~row if row.dtype == torch.bool else row < 0
 
 
-class SideTunedEncoder(nn.Module):
-    def __init__(self, encoder: nn.Module, side: SideNetwork, alpha_init: float):
+class SideTuning(nn.Module):
+    """The side network and its blend weight, attached to the base model; hooks feed it the
+    embedding output and blend its result into the encoder's final hidden states."""
+
+    def __init__(self, side: SideNetwork, alpha_init: float):
         super().__init__()
-        self.encoder = encoder
         self.side = side
         self.alpha_logit = nn.Parameter(torch.tensor(math.log(alpha_init / (1 - alpha_init))))
+        self._mask = self._input = None
 
     @property
     def alpha(self) -> torch.Tensor:
         return torch.sigmoid(self.alpha_logit)
 
-    def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
-        out = self.encoder(hidden_states, attention_mask, *args, **kwargs)
-        padding = padding_from_mask(attention_mask, *hidden_states.shape[:2])
-        side = self.side(hidden_states, padding)
+    def remember_mask(self, module, args, kwargs) -> None:
+        self._mask = kwargs.get("attention_mask")
+
+    def remember_input(self, module, args, output) -> None:
+        self._input = output
+
+    def blend(self, module, args, output):
+        hidden = output if torch.is_tensor(output) else output.last_hidden_state
+        padding = padding_from_mask(self._mask, *hidden.shape[:2])
+        side = self.side(self._input, padding)
         a = self.alpha.to(side.dtype)
-        out.last_hidden_state = a * out.last_hidden_state + (1 - a) * side.to(out.last_hidden_state.dtype)
-        return out
+        blended = a * hidden + (1 - a) * side.to(hidden.dtype)
+        self._mask = self._input = None
+        if torch.is_tensor(output):
+            return blended
+        output.last_hidden_state = blended
+        return output
 
 
-def apply(model, mcfg) -> list[str]:
-    base = model.base_model  # BertModel / AlbertModel
+def apply(model, mcfg, spec, head_names) -> list[str]:
+    """Attach at the architecture's spec: the side network reads `spec.side_input`'s output (the
+    embeddings) and is blended at `spec.side_output` (BERT: the encoder's output; ModernBERT: the
+    final norm's)."""
+    from ..backbones import submodule
+
+    base = model.base_model  # BertModel / AlbertModel / ModernBertModel
     config = base.config
-    in_dim = getattr(config, "embedding_size", None) if config.model_type == "albert" else config.hidden_size
-    side = SideNetwork(in_dim, config.hidden_size, mcfg.hidden, mcfg.layers, mcfg.heads, config.hidden_dropout_prob)
-    base.encoder = SideTunedEncoder(base.encoder, side, mcfg.alpha_init)
-    return [".side.", "alpha_logit"]
+    in_dim = getattr(config, "embedding_size", None) or config.hidden_size  # ALBERT: factorised embeddings
+    dropout = getattr(config, "hidden_dropout_prob", getattr(config, "mlp_dropout", 0.0))
+    side = SideNetwork(in_dim, config.hidden_size, mcfg.hidden, mcfg.layers, mcfg.heads, dropout)
+    base.side_tuning = SideTuning(side, mcfg.alpha_init)
+    base.register_forward_pre_hook(base.side_tuning.remember_mask, with_kwargs=True)
+    submodule(base, spec.side_input).register_forward_hook(base.side_tuning.remember_input)
+    submodule(base, spec.side_output).register_forward_hook(base.side_tuning.blend)
+    return [".side_tuning."]
