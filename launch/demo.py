@@ -1,14 +1,15 @@
 """`make demo`: the whole system on real text in a few minutes on a laptop.
 
-Builds the offline demo corpus (CPython's own documentation), prepares shards, pretrains a BERT
-with masked-LM on 2 local ranks (ZeRO-2, precision=auto), evaluates, exports to Hugging Face
-format, prints the masked-LM accuracy and asks the exported model to fill masks. Every step is
-the public CLI a user would type; the commands are printed.
+Builds the offline demo corpus (CPython's own documentation), prepares shards, pretrains a
+ModernBERT with the modern recipe (masked LM at 30%, warmup-stable-decay placed by the time
+budget) on 2 local ranks (ZeRO-2, precision=auto), evaluates at 15% masking, exports to Hugging
+Face format, prints the masked-LM accuracy and asks the exported model to fill masks. Every step
+is the public CLI a user would type; the commands are printed.
 
 The model is sized to the machine (machines differ ~10x: AVX2-only CPUs train fp32, AVX512-BF16 /
 AMX ones bf16): a few timed training steps of each candidate, largest first, in the dtype
 precision=auto picks here, decide the first one that gets the steps it needs to learn (measured,
-docs/benchmarks.md) into the training budget; the schedule then spans the steps that fit.
+docs/benchmarks.md) into the training budget; the schedule then follows the time used.
 """
 from __future__ import annotations
 
@@ -37,16 +38,14 @@ class Candidate:
     min_steps: int
 
 
-# Measured on the demo corpus (docs/benchmarks.md, "make demo"), MLM only, seq 64, 2 ranks,
-# AdamW betas (0.9, 0.98): bert-tiny with micro-batch 64 reaches eval masked-LM accuracy 0.28 at
-# step 200 and 0.38 at 1200 (fill-mask ranks "if", "of", "true" where they belong from ~1000 steps)
-# at a third of bert-mini's compute per step, and bert-mini learns no faster per step (0.35 at
-# 800), so bert-mini is only worth it where it gets >= 1200 steps into the budget (faster machines).
+# The step counts are the ones measured for the BERT shapes of the same width and depth on this
+# corpus (bert-mini only paid off over bert-tiny from ~1200 steps; docs/benchmarks.md "make
+# demo"); the ModernBERT demo on a 2-core AVX2 machine gets ~ steps of modernbert-tiny. The lr
+# is the modern recipe's.
 CANDIDATES = (  # largest first
-    Candidate("bert-mini", 64, 64, 1e-3, 1200),
-    Candidate("bert-tiny", 64, 64, 2e-3, 300),
+    Candidate("modernbert-mini", 64, 64, 2e-3, 1200),
+    Candidate("modernbert-tiny", 64, 64, 2e-3, 300),
 )
-BETAS = "[0.9,0.98]"
 # Real step (2 ranks, DeepSpeed ZeRO-2, loader workers) / probe step (one process, one thread):
 # measured 1.5x on a quiet 2-core machine, 3-5x under heavy load from other processes (the
 # collectives wait for the other rank to be scheduled). Planning for the quiet case uses the
@@ -172,18 +171,16 @@ def main(argv: list[str] | None = None) -> int:
         chosen = plan(args.max_time, dtype)
     c = chosen.candidate
     print(f"\ndemo: {dtype} on this machine; {chosen.note}", flush=True)
-    # A budget of steps, with the wall-clock budget as the backstop (a loaded machine may be
-    # slower than probed): the linear schedule then decays over the steps that really run.
-    # MLM only: measured on this corpus, the SOP head's loss delays the masked-LM accuracy past
-    # a few-minute budget (docs/benchmarks.md). Dropout 0: a few epochs of a small corpus.
+    # A wall-clock budget: recipe=modern places warmup and decay by the time used, so the run
+    # decays at the end of its budget however fast this machine turns out to be (the probe only
+    # picks the model). MLM only (ModernBERT has no sentence head; objective=auto follows it).
     run([
         os.path.join(BIN, "pretrain-launch"), f"run.name={args.run}", f"data.path={shards}",
-        f"model={c.preset}", "parallel=zero2", "precision=auto", "objective=mlm", "model.sentence_head=none",
-        "model.hidden_dropout=0.0", "model.attention_dropout=0.0", f"optim.betas={BETAS}",
+        f"model={c.preset}", "recipe=modern", "parallel=zero2", "precision=auto",
         f"data.max_seq_len={c.seq_len}", f"data.micro_batch_size={c.micro_batch}", f"optim.lr={c.lr}",
-        f"cluster.nproc={args.nproc}", f"trainer.max_steps={chosen.steps}", f"trainer.max_time={chosen.max_time:.0f}",
+        f"cluster.nproc={args.nproc}", "trainer.max_steps=null", f"trainer.max_time={chosen.max_time:.0f}",
         f"trainer.eval_every={max(100, chosen.steps // 3)}", f"trainer.checkpoint_every={max(200, chosen.steps // 2)}",
-        "trainer.log_every=10", "schedule.warmup_steps=30", "run.fresh=true", *args.overrides,
+        "trainer.log_every=10", "run.fresh=true", *args.overrides,
     ])
     run_dir = os.path.join("runs", args.run)
     export = os.path.join(run_dir, "export")
@@ -206,8 +203,8 @@ def fill_mask(export_dir: str) -> None:
     from transformers import pipeline
     from transformers.utils import logging as hf_logging
 
-    # The export is BertForPreTraining; fill-mask loads it as BertForMaskedLM, and the unused
-    # pooler/NSP weights would otherwise print a load report.
+    # A BERT export (demo overrides may pick one) is BertForPreTraining: fill-mask loads it as
+    # BertForMaskedLM, and the unused pooler/NSP weights would otherwise print a load report.
     hf_logging.set_verbosity_error()
     fill = pipeline("fill-mask", model=export_dir, tokenizer=export_dir, device="cpu")
     for text in ("Return True [MASK] the object is callable.", "Return [MASK] if the file does not exist.",

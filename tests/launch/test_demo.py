@@ -6,6 +6,8 @@ import pytest
 
 from launch import demo
 
+BIG, SMALL = demo.CANDIDATES[0].preset, demo.CANDIDATES[-1].preset
+
 
 def probe_of(seconds: dict):
     calls = []
@@ -17,34 +19,34 @@ def probe_of(seconds: dict):
 
 
 def test_a_fast_machine_trains_the_largest_candidate_for_the_steps_that_fit():
-    mini = 240 / demo.STEP_OVERHEAD / 1500  # 1500 steps of bert-mini fit
-    probe, calls = probe_of({"bert-mini": mini, "bert-tiny": mini / 3})
+    mini = 240 / demo.STEP_OVERHEAD / 1500  # 1500 steps of the larger candidate fit
+    probe, calls = probe_of({BIG: mini, SMALL: mini / 3})
     plan = demo.plan(240, "bf16", probe)
-    assert plan.candidate.preset == "bert-mini" and calls == [("bert-mini", "bf16")]  # no further probing
+    assert plan.candidate.preset == BIG and calls == [(BIG, "bf16")]  # no further probing
     assert plan.steps == int(240 / (mini * demo.STEP_OVERHEAD)) and plan.steps >= plan.candidate.min_steps
     assert plan.max_time == 240
 
 
 def test_a_slow_machine_falls_back_to_the_smaller_candidate():
-    probe, calls = probe_of({"bert-mini": 0.5, "bert-tiny": 0.2})  # e.g. a 2-core CPU
+    probe, calls = probe_of({BIG: 0.5, SMALL: 0.2})  # e.g. a 2-core CPU
     plan = demo.plan(240, "fp32", probe)
-    assert plan.candidate.preset == "bert-tiny" and [c for c, _ in calls] == ["bert-mini", "bert-tiny"]
+    assert plan.candidate.preset == SMALL and [c for c, _ in calls] == [BIG, SMALL]
     assert plan.steps >= plan.candidate.min_steps
 
 
 def test_a_very_slow_machine_says_so_and_stretches_the_budget_up_to_the_cap():
     tiny = 270 / demo.STEP_OVERHEAD / 300  # 300 steps take 270 s > 240 s
-    probe, _ = probe_of({"bert-mini": 5.0, "bert-tiny": tiny})
+    probe, _ = probe_of({BIG: 5.0, SMALL: tiny})
     plan = demo.plan(240, "fp32", probe)
     assert plan.candidate is demo.CANDIDATES[-1] and plan.steps == plan.candidate.min_steps
     assert "slower than the demo is sized for" in plan.note
     assert plan.max_time == pytest.approx(270)
-    probe, _ = probe_of({"bert-mini": 5.0, "bert-tiny": 2.0})
+    probe, _ = probe_of({BIG: 5.0, SMALL: 2.0})
     assert demo.plan(240, "fp32", probe).max_time == demo.MAX_TIME_CAP
 
 
 def test_the_step_cap_holds():
-    probe, _ = probe_of({"bert-mini": 0.001, "bert-tiny": 0.001})
+    probe, _ = probe_of({BIG: 0.001, SMALL: 0.001})
     assert demo.plan(240, "bf16", probe).steps == demo.MAX_STEPS
 
 
@@ -53,7 +55,7 @@ def test_candidates_are_presets_and_the_probe_runs_for_real():
 
     for c in demo.CANDIDATES:
         assert os.path.isfile(os.path.join(os.path.dirname(conf.__file__), "model", f"{c.preset}.yaml"))
-    assert demo.probe_step_seconds(demo.Candidate("bert-tiny", 2, 16, 1e-3, 1), "fp32", steps=1) > 0
+    assert demo.probe_step_seconds(demo.Candidate(SMALL, 2, 16, 1e-3, 1), "fp32", steps=1) > 0
 
 
 def test_final_eval_reads_the_last_eval_record(tmp_path):
