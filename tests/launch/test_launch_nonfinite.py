@@ -92,9 +92,19 @@ def test_divergence_stops_with_one_line_and_the_last_good_checkpoint_stays_lates
     assert r.returncode != 0
     assert "3 non-finite steps in a row (trainer.max_skips=2)" in r.stderr.strip().splitlines()[-1]
     rows = train_rows(run_dir)
-    assert [s for s, row in rows.items() if row["train/loss"] is None] == [bad, bad + 1, bad + 2]
+    nonfinite = [s for s, row in rows.items() if row["train/loss"] is None]
+    # At lr 1e6 a skipped step's successor is usually non-finite too, but not always (a batch
+    # may give a finite loss from the same state): the run stops at the third in a row.
+    last = max(rows)
+    assert nonfinite[0] == bad and nonfinite[-3:] == [last - 2, last - 1, last]
+    streaks = [0]  # runs of non-finite steps before the last three
+    run = 0
+    for step in range(1, last - 2):
+        run = run + 1 if step in nonfinite else 0
+        streaks.append(run)
+    assert max(streaks) < 3, "the run should have stopped at an earlier third non-finite step in a row"
     # A skipped step's state is the last good one: saving it is fine; nothing non-finite is saved.
-    assert latest(run_dir) == f"step_{bad + 1:06d}" and all(finite_checkpoint(run_dir, d) for d in step_dirs(run_dir))
+    assert latest(run_dir) == f"step_{last - 1:06d}" and all(finite_checkpoint(run_dir, d) for d in step_dirs(run_dir))
 
 
 def test_one_rank_nan_is_skipped_by_both_ranks_then_a_stop_keeps_latest(tmp_path, tiny_data):
