@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -38,6 +38,7 @@ class Parts:
     log: Callable[[str], None]
     flops_for: Callable[[list, dict], float]
     stacking: Any = None     # pretrain.train.stacking.Stacking, or None
+    schedule_span: Optional[int] = None   # steps the lr schedule spans; None = placed by the budget used
 
 
 def make_logger(rank: int) -> Callable[[str], None]:
@@ -76,12 +77,13 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         OmegaConf.to_object(cfg[group]) for group in ("parallel", "precision", "optim", "schedule"))
     # Checked once, on the unwrapped model (ZeRO-3 partitions parameters inside build_engine).
     plans = manager.plan_resume(model_signature(model), layout_of(topo, parallel_cfg, precision_cfg))
+    schedule_span = schedule_steps(cfg.schedule.total_steps, cfg.trainer.max_steps, cfg.trainer.max_tokens,
+                                   cfg.trainer.max_time)
     engine = build_engine(
         model,
         partial(_loss, objective=cfg.objective),
         parallel_cfg, precision_cfg, optim_cfg, schedule_cfg,
-        total_steps=schedule_steps(cfg.schedule.total_steps, cfg.trainer.max_steps, cfg.trainer.max_tokens,
-                                   cfg.trainer.max_time),
+        total_steps=schedule_span,
         micro_batch_size=cfg.data.micro_batch_size,
         grad_accum=cfg.trainer.grad_accum,
         topo=topo,
@@ -133,6 +135,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         log=log,
         flops_for=flops_for,
         stacking=stacking,
+        schedule_span=schedule_span,
     )
 
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from parallel.topology import all_gather_object, barrier, reduce_sum
 from pretrain.data import merge_cursors
 from pretrain.model.layout import batch_examples
-from pretrain.train.budget import Budget, JobDeadline, schedule_steps
+from pretrain.train.budget import Budget, JobDeadline
 from pretrain.train.build import build_everything
 from pretrain.train.evaluate import evaluate
 from pretrain.train.nonfinite import NonFiniteError, NonFiniteState, Watchdog
@@ -37,10 +37,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     log(f"precision {cfg.precision.dtype}; MFU against {peak.line()}")
     meter = Meter()
     progress = BudgetProgress(budget, state, enabled=cfg.trainer.progress and topo.rank == 0)
-    t = cfg.trainer
-    schedule_span = schedule_steps(cfg.schedule.total_steps, t.max_steps, t.max_tokens, t.max_time)
     log(f"budget: {', '.join(budget.describe(k) for k in budget.used(0, 0, 0.0))}; {cfg.schedule.name} lr schedule "
-        + (f"over {schedule_span} steps" if schedule_span else "placed by the fraction of the budget used"))
+        + (f"over {parts.schedule_span} steps" if parts.schedule_span else "placed by the fraction of the budget used"))
     batches = iter(loader)
     # Stages of one pipeline replica train on the same examples: the first stage records them.
     recorder = SampleRecorder(run_dir, topo.rank) if cfg.trainer.record_samples and topo.pp_rank == 0 else None
