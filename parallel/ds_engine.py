@@ -18,7 +18,8 @@ from .checkpoint import Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
 from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
-from .optim import build_optimizer, param_groups, uses_client_optimizer
+from . import ds_internals
+from .optim import Lamb, build_optimizer, param_groups, uses_client_optimizer
 from .schedules import build_scheduler
 from .topology import Topology, all_reduce_sum, init_distributed
 
@@ -135,7 +136,7 @@ def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Para
                            grad_accum: int, topo: Topology, seed: int = 0,
                            resume: Optional[Resume] = None,
                            model_inputs: Sequence[str] = MODEL_INPUTS,
-                           dist_timeout: float = 1800.0) -> DeepSpeedEngine:
+                           dist_timeout: float = 1800.0, compile_model: bool = False) -> DeepSpeedEngine:
     """See parallel.engine.build_engine."""
     validate(parallel_cfg, precision_cfg, optim_cfg)
     check_device_dtype(precision_cfg.dtype)
@@ -147,6 +148,10 @@ def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Para
     config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,
                              grad_accum, topo.world_size, load_universal=load_universal)
     ds_engine = initialize_deepspeed(model, config, optim_cfg, schedule_cfg, total_steps)
+    if compile_model:
+        # In place (nn.Module.compile): the first step of each new shape and mode pays the
+        # compile; DeepSpeed's backward hooks (ZeRO-2/3) stay outside the compiled graph.
+        ds_engine.compile()
     return DeepSpeedEngine(ds_engine, loss_fn, topo=topo, parallel_cfg=parallel_cfg,
                            precision_cfg=precision_cfg, grad_accum=grad_accum, seed=seed,
                            signature=signature, load_universal=load_universal, model_inputs=model_inputs)
@@ -169,4 +174,15 @@ def initialize_deepspeed(module: nn.Module, config: dict, optim_cfg: OptimConfig
                   for g in param_groups(module, optim_cfg.weight_decay)]
     ds_engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=params,
                                               lr_scheduler=make_scheduler, config=config)
+    if isinstance(optimizer, Lamb) and ds_internals.masters_kind(ds_engine) in ("fragments", "stage3"):
+        # ZeRO 1-3 and the bf16 optimizer hand LAMB flat partitions: give it the tensor
+        # boundaries and the data-parallel group, so trust ratios stay per tensor.
+        group, device = ds_engine.seq_data_parallel_group, ds_engine.device
+
+        def reduce_sum(t: torch.Tensor) -> None:
+            moved = t.to(device)
+            torch.distributed.all_reduce(moved, group=group)
+            t.copy_(moved)
+
+        optimizer.use_tensor_segments(lambda: ds_internals.fragment_segments(ds_engine), reduce_sum)
     return ds_engine

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from . import checkpoint as ckpt
+from . import ds_internals
 from .checkpoint import CheckpointError, Layout, Resume
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .topology import Topology, all_gather_object, all_reduce_sum, barrier
@@ -152,38 +153,46 @@ class Engine(ABC):
 
     def copy_parameters(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Collective: for each (destination, source) parameter name of the module, destination
-        <- source (the module's weights and the optimizer's fp32 master copy), and the
-        destination's optimizer state starts fresh (moments zero; with a plain torch optimizer,
-        its step count too). For progressive stacking; ZeRO 0-2 (ZeRO-3 keeps no whole
-        parameters, refused at config time)."""
-        from deepspeed.utils import safe_get_full_fp32_param, safe_set_full_fp32_param, safe_set_full_optimizer_state
+        <- source in the module, in the optimizer's fp32 master copy and in the optimizer state
+        (moments and step count: the destination continues as the source would), identically
+        in every layout of ZeRO 0-2 x fp32/bf16/fp16. For progressive stacking; ZeRO-3 keeps no
+        whole parameters (refused at config time)."""
+        from deepspeed.utils import (safe_get_full_fp32_param, safe_get_full_optimizer_state,
+                                     safe_set_full_fp32_param, safe_set_full_optimizer_state)
 
         if self.parallel_cfg.zero_stage == 3:
             raise ValueError("copy_parameters: not under ZeRO-3")
         params = dict(self.module.named_parameters())
-        inner = self.guard.inner
-        wrapper = self.ds.optimizer
-        if hasattr(wrapper, "_lazy_init_hp_params_optimizer_state"):
-            # DeepSpeed 0.19.8's ZeRO-1/2 links the fragments' optimizer state once, right after
-            # the *first* param group's first step, so later groups' moments are never linked:
-            # link again now that every group has its state.
-            wrapper._hp_optimizer_states_linked = False
-            wrapper._lazy_init_hp_params_optimizer_state()
+        inner, wrapper = self.guard.inner, self.ds.optimizer
+        kind = ds_internals.masters_kind(self.ds)
+        if kind == "fragments":
+            ds_internals.link_fragment_states(wrapper)
+            keys = self._moment_keys()
         with torch.no_grad():
             for dst, src in pairs:
                 p, q = params[dst], params[src]
-                full = safe_get_full_fp32_param(q)   # collective under ZeRO-1/2: same order on every rank
-                if full is None:
-                    full = q.detach().float()
-                p.data.copy_(full.to(device=p.device, dtype=p.dtype))
-                mapping = getattr(p, "_hp_mapping", None)
-                if hasattr(p, "_hp_mapping"):   # DeepSpeed's fp32 partitions (ZeRO-1/2, bf16 optimizer)
-                    safe_set_full_fp32_param(p, full)
-                    if mapping is not None and mapping.optim_fragment:
-                        for key in mapping.get_optim_state_keys():
-                            safe_set_full_optimizer_state(p, torch.zeros_like(full), key)
-                else:                            # the torch optimizer holds the module's own params
-                    inner.state.pop(p, None)
+                p.data.copy_(q.data)
+                if kind == "fragments":      # flat fp32 partitions; the step count is per group
+                    safe_set_full_fp32_param(p, safe_get_full_fp32_param(q))   # collective
+                    for key in keys:
+                        safe_set_full_optimizer_state(p, safe_get_full_optimizer_state(q, key), key)
+                    continue
+                if kind == "unfused":        # one fp32 master per parameter (ZeRO-0 bf16)
+                    p_master = ds_internals.unfused_master(wrapper, p)
+                    q_master = ds_internals.unfused_master(wrapper, q)
+                    p_master.copy_(q_master)
+                else:
+                    p_master, q_master = p, q
+                inner.state.pop(p_master, None)
+                if q_master in inner.state:
+                    inner.state[p_master] = {k: v.clone() if isinstance(v, torch.Tensor) else v
+                                             for k, v in inner.state[q_master].items()}
+
+    def _moment_keys(self) -> list[str]:
+        """The per-element optimizer-state keys (exp_avg, ...), the same list on every rank."""
+        for state in self.guard.inner.state.values():
+            return sorted(k for k, v in state.items() if isinstance(v, torch.Tensor) and v.dim() > 0)
+        return []
 
     def _universal_aliases(self) -> Optional[dict]:
         """Module parameter name -> plain name, where they differ (the pipeline module)."""
@@ -327,8 +336,12 @@ def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig
                  grad_accum: int, topo: Topology, seed: int = 0,
                  resume: Optional[Resume] = None,
                  model_inputs: Sequence[str] = MODEL_INPUTS,
-                 dist_timeout: float = 1800.0) -> Engine:
+                 dist_timeout: float = 1800.0, compile_model: bool = False) -> Engine:
     """Initialise torch.distributed (if needed) and DeepSpeed around `model`.
+
+    compile_model: `torch.compile` the model through DeepSpeed's `engine.compile()` (in place:
+    parameter and state-dict names are unchanged, so checkpoints do not depend on it); the plain
+    engine only (the pipeline engine refuses it).
 
     resume: the checkpoint `load` will be given (from inspect_checkpoint for this layout); in
     universal mode it is converted once (rank 0) and DeepSpeed is initialised to load it.
@@ -336,15 +349,17 @@ def build_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: ParallelConfig
     then releases the parameters of `model` that other stages hold (do not reuse `model`).
     """
     if parallel_cfg.pipeline_stages > 1:
+        if compile_model:
+            raise ValueError("compile is not supported with pipeline parallelism (parallel.pipeline_stages > 1): "
+                             "DeepSpeed's pipeline engine runs its stage's layers one by one outside a compiled "
+                             "forward")
         from .pipe_engine import build_pipeline_engine as builder
+        extra = {}
     else:
-        from deepspeed.utils import groups
-
-        # DeepSpeed keeps the last pipeline engine's process grid as a process-wide default
-        # (groups.mpu), which a later plain engine in the same process would take for its own.
-        groups.mpu = None
+        ds_internals.forget_pipeline_grid()
         from .ds_engine import build_deepspeed_engine as builder
+        extra = {"compile_model": compile_model}
     return builder(model, loss_fn, parallel_cfg, precision_cfg, optim_cfg, schedule_cfg,
                    total_steps=total_steps, micro_batch_size=micro_batch_size, grad_accum=grad_accum,
                    topo=topo, seed=seed, resume=resume, model_inputs=model_inputs,
-                   dist_timeout=dist_timeout)
+                   dist_timeout=dist_timeout, **extra)

@@ -6,7 +6,7 @@ CPU Adam recompute beta^t on reload and drift ~1e-6), and DeepSpeed's FusedLamb 
 """
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -62,34 +62,43 @@ class Lamb(Optimizer):
                         max_trust=max_trust, adapt=adapt)
         super().__init__(params, defaults)
 
+    def use_tensor_segments(self, resolve: Callable[[], tuple[dict, int]],
+                            reduce_sum: Callable[[torch.Tensor], None]) -> None:
+        """Per-tensor trust ratios on flat partitions (DeepSpeed ZeRO-1/2 and its bf16 optimizer
+        hand this optimizer one flat fp32 slice of all the tensors of a group per rank).
+
+        resolve() -> ({storage pointer of a flat partition: [(tensor index, start, numel), ...]},
+        tensor count): where each original tensor's piece lies in this rank's partitions;
+        reduce_sum(t) sums `t` in place over the ranks holding the other pieces. Each adapted
+        flat partition then costs one reduce of 2 x count float64 values per step (a
+        collective: every rank steps the same groups in the same order)."""
+        self._resolve, self._reduce_sum = resolve, reduce_sum
+        self._segments, self._count = resolve()
+
+    def _segments_of(self, p: torch.Tensor) -> list:
+        key = p.untyped_storage().data_ptr()
+        if key not in self._segments:   # partitions re-allocated (e.g. by a load): look again
+            self._segments, self._count = self._resolve()
+        if key not in self._segments:
+            raise RuntimeError("Lamb: a flat partition of the optimizer maps to no model tensor; "
+                               "per-tensor trust ratios cannot be formed (parallel/ds_internals.fragment_segments)")
+        return self._segments[key]
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        segmented = getattr(self, "_resolve", None) is not None
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
             for p in group["params"]:
+                if segmented and group["adapt"]:
+                    self._step_segmented(p, group)
+                    continue
                 if p.grad is None:
                     continue
-                grad = p.grad.float()
-                state = self.state[p]
-                if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
-                state["step"] += 1
-                t = state["step"].double()  # CPU scalar: bias corrections in float64, no device sync
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                m_hat = m / (1 - beta1 ** t)
-                v_hat = v / (1 - beta2 ** t)
-                update = m_hat / (v_hat.sqrt() + group["eps"])
-                data = p.float()
-                if group["weight_decay"]:
-                    update.add_(data, alpha=group["weight_decay"])
+                update, data = self._update(p, group)
                 if group["adapt"]:
                     w_norm = data.norm().double()
                     u_norm = update.norm().double()
@@ -99,6 +108,60 @@ class Lamb(Optimizer):
                 else:
                     p.add_((-group["lr"] * update).to(p.dtype))
         return loss
+
+    def _update(self, p: torch.Tensor, group: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Advance p's moments by its gradient; (Adam update + weight decay term, p in fp32)."""
+        beta1, beta2 = group["betas"]
+        grad = p.grad.float()
+        state = self.state[p]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=torch.float32)
+        state["step"] += 1
+        t = state["step"].double()  # CPU scalar: bias corrections in float64, no device sync
+        m, v = state["exp_avg"], state["exp_avg_sq"]
+        m.mul_(beta1).add_(grad, alpha=1 - beta1)
+        v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+        m_hat = m / (1 - beta1 ** t)
+        v_hat = v / (1 - beta2 ** t)
+        update = m_hat / (v_hat.sqrt() + group["eps"])
+        data = p.float()
+        if group["weight_decay"]:
+            update.add_(data, alpha=group["weight_decay"])
+        return update, data
+
+    def _step_segmented(self, p: torch.Tensor, group: dict) -> None:
+        """One flat partition: squared norms of every tensor piece it holds, summed with the
+        other ranks' pieces in one reduce, then each piece scaled by its tensor's trust ratio."""
+        segments = self._segments_of(p)
+        sq = torch.zeros(2, self._count, dtype=torch.float64, device=p.device)
+        update = data = None
+        if p.grad is not None:
+            update, data = self._update(p, group)
+            if segments:
+                index = torch.tensor([i for i, _, _ in segments], device=p.device)
+                pieces = [(data.narrow(0, s, n), update.narrow(0, s, n)) for _, s, n in segments]
+                sq[0].index_add_(0, index, torch.stack([torch.linalg.vector_norm(w, dtype=torch.float64).square()
+                                                        for w, _ in pieces]))
+                sq[1].index_add_(0, index, torch.stack([torch.linalg.vector_norm(u, dtype=torch.float64).square()
+                                                        for _, u in pieces]))
+        self._reduce_sum(sq)   # every rank, with or without a gradient: a collective
+        if update is None:
+            return
+        w_norm, u_norm = sq.sqrt()
+        ratio = (w_norm / u_norm).clamp(0.0, group["max_trust"])
+        scale = torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio)) * -group["lr"]
+        covered = 0
+        for i, s, n in segments:
+            update.narrow(0, s, n).mul_(scale[i])
+            covered += n
+        if covered < update.numel():   # alignment padding of the partition: plain Adam step
+            mask = torch.ones(update.numel(), dtype=torch.bool, device=p.device)
+            for _, s, n in segments:
+                mask.narrow(0, s, n).fill_(False)
+            update[mask] *= -group["lr"]
+        p.add_(update.to(p.dtype))
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:

@@ -32,6 +32,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from . import ds_internals
 from .checkpoint import CheckpointError, Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
@@ -101,9 +102,9 @@ class PipelineEngine(Engine):
         self.ds.module.before_forward = self._before_forward
         from deepspeed.runtime.pipe import schedule
 
-        table = dict(type(self.ds)._INSTRUCTION_MAP)
+        table = ds_internals.instruction_map(self.ds)
         table[schedule.OptimizerStep] = self._make_step(table[schedule.OptimizerStep])
-        self.ds._INSTRUCTION_MAP = table  # instance attribute: DeepSpeed looks the table up on self
+        ds_internals.set_instruction_map(self.ds, table)
 
     # ---------------------------------------------------------------- the optimizer step
     def _make_step(self, deepspeed_step):

@@ -27,6 +27,7 @@ from typing import Optional
 
 import torch
 
+from . import ds_internals
 from .topology import all_reduce_max
 
 _CHUNK = 1 << 24  # elements per isfinite() call: bounded temporary memory on large flat partitions
@@ -96,7 +97,7 @@ class UpdateGuard:
         if norm is None:
             wrapper = self.ds.optimizer
             # Set by every DeepSpeed wrapper right before it calls the inner step (fresh).
-            norm = getattr(wrapper, "_global_grad_norm", None) if wrapper is not self.inner else None
+            norm = ds_internals.wrapper_grad_norm(wrapper) if wrapper is not self.inner else None
         finite = _finite(norm)
         if finite is not None:
             return not finite

@@ -90,7 +90,11 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         seed=cfg.run.seed,
         resume=plans[0] if plans else None,
         model_inputs=MODEL_INPUTS,
+        compile_model=cfg.trainer.compile,
     )
+    if cfg.trainer.compile:
+        log("compile: torch.compile of the model under DeepSpeed; the first step of each new batch shape "
+            "compiles (tens of seconds)")
     state = TrainState(config_hash=config_hash(cfg), seed=cfg.run.seed, world_size=topo.world_size)
     client = manager.load(engine, plans)
     if client is not None:

@@ -73,6 +73,7 @@ class TrainerConfig:
     max_rewinds: int = 3                 # rewind: rewinds per run before the run stops
     loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)
     stacking: StackingConfig = field(default_factory=StackingConfig)
+    compile: bool = False                # torch.compile the model under the engine (not with pipeline stages)
 
 
 # Allowed values of the cluster keys (one place; the launchers and the sbatch template use them).
@@ -260,6 +261,10 @@ def _check_relations(cfg: DictConfig) -> None:
     if world % stages:
         raise ConfigError(f"config: parallel.pipeline_stages={stages} does not divide the world size {world} "
                           f"(cluster.nnodes={cfg.cluster.nnodes} x cluster.nproc={cfg.cluster.nproc})")
+    if t.compile and stages > 1:
+        raise ConfigError(f"config: trainer.compile=true is not supported with parallel.pipeline_stages={stages} "
+                          "(DeepSpeed's pipeline engine runs each layer outside a compiled forward); "
+                          "set trainer.compile=false")
     from pretrain.train.stacking import check_stacking
 
     try:

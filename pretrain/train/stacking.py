@@ -3,8 +3,9 @@
 `trainer.stacking.layers: [3, 6, 12]` and `trainer.stacking.steps: [1000, 3000]` train the first
 3 layer applications until step 1000, then 6, then 12 (the model's `num_layers`, built in full
 from the start so parameters, checkpoints and ZeRO partitions keep one shape). Growing from n to
-m layers copies layer i to layer n + i for i < m - n (weights and the fp32 master copy) and starts
-the new layers' optimizer state fresh. The depth a step runs at is a pure function of the step,
+m layers copies layer i to layer n + i for i < m - n: the weights, the fp32 master copy and the
+optimizer state (Adam moments and step count), so a new layer continues exactly as its source
+would, identically under ZeRO 0-2 and fp32/bf16/fp16 (Engine.copy_parameters). The depth a step runs at is a pure function of the step,
 so a resume on either side of a growth step is exact: the grown weights are in the checkpoint,
 the depth is recomputed. FLOPs/MFU count the active layers; the export has the depth reached.
 """
@@ -93,7 +94,7 @@ class Stacking:
         old, new = grow
         self.engine.copy_parameters(growth_pairs(self.engine.module, old, new))
         self.engine.module.active_layers = new
-        self.log(f"stacking: {old} -> {new} layers at step {step} (layer i copied to {old} + i, fresh optimizer state)")
+        self.log(f"stacking: {old} -> {new} layers at step {step} (layer i copied to {old} + i with its optimizer state)")
 
     def after_rewind(self, to_step: int, step: int) -> None:
         """A checkpoint of step `to_step` was reloaded while the run is at `step` (steps never go

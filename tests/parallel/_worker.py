@@ -102,6 +102,24 @@ def scenario_stages(topo, work):
     return res
 
 
+def scenario_lamb(topo, work):
+    """LAMB under ZeRO 0-3 (fp32, 2 micro-batches, decay and no-adapt groups): ZeRO 1-3 hand it
+    flat partitions, and the trust ratios must still be those of each original tensor."""
+    res = {}
+    for zero in (0, 1, 2, 3):
+        engine = make_engine(topo, zero=zero, optim="lamb", lr=1e-2, dropout=0.0)
+        first = run(engine, topo, 2, 1)
+        weights = engine.consolidated_state_dict()
+        if zero == 0:
+            ref = weights
+        # Relative to all the weights: ZeRO-3's reduce-scatter reorders float sums, which Adam's
+        # m / sqrt(v) turns into 1e-4 relative on a bias whose gradient is ~0 (AdamW alike).
+        diff = sum(float((weights[k] - ref[k]).double().square().sum()) for k in ref)
+        res[f"zero{zero}_one_step_rel"] = (diff / sum(float(v.double().square().sum()) for v in ref.values())) ** 0.5
+        res[f"zero{zero}"] = [m["loss"] for m in first + run(engine, topo, 2, 20)]
+    return res
+
+
 def scenario_save(topo, work):
     res = {}
     for name, zero, dtype, gas, dropout in (("z2", 2, "fp32", 2, 0.1), ("z3bf16", 3, "bf16", 2, 0.1),
@@ -258,34 +276,61 @@ def scenario_universal(topo, work):
     return res
 
 
-def scenario_copy(topo, work):
-    """copy_parameters (progressive stacking): layer 1 <- layer 0 in the module, the fp32 master
-    copy and the optimizer (fresh moments), for ZeRO 0-2 and bf16; training goes on from there."""
+def _master_and_state(engine, param):
+    """(fp32 master, {moment key: full tensor}, step or None) of a module parameter, read the way
+    each layout holds them (collective under ZeRO-1/2)."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
+    from parallel import ds_internals
+
+    kind = ds_internals.masters_kind(engine.ds)
+    if kind == "fragments":
+        ds_internals.link_fragment_states(engine.ds.optimizer)
+        return (safe_get_full_fp32_param(param),
+                {k: safe_get_full_optimizer_state(param, k) for k in ("exp_avg", "exp_avg_sq")}, None)
+    master = ds_internals.unfused_master(engine.ds.optimizer, param) if kind == "unfused" else param
+    state = engine.guard.inner.state.get(master, {})
+    return master.detach().clone(), {k: state[k].clone() for k in ("exp_avg", "exp_avg_sq") if k in state}, \
+        (float(state["step"]) if "step" in state else None)
+
+
+COPY_LAYOUTS = (("z0", 0, "fp32"), ("z1", 1, "fp32"), ("z2", 2, "fp32"),
+                ("z0bf16", 0, "bf16"), ("z1bf16", 1, "bf16"), ("z2bf16", 2, "bf16"))
+
+
+def scenario_copy(topo, work):
+    """copy_parameters (progressive stacking), in every layout it supports: right after the copy,
+    layer 1 equals layer 0 exactly in the module, in the fp32 master and in the optimizer state
+    (moments and step: the documented semantics); training goes on from there; and a run
+    reloaded from a checkpoint taken before the copy, copying again, continues bit for bit."""
+    from parallel import ds_internals
+
     res = {}
-    for name, zero, dtype in (("z0", 0, "fp32"), ("z1", 1, "fp32"), ("z2", 2, "fp32"), ("z1bf16", 1, "bf16")):
+    for name, zero, dtype in COPY_LAYOUTS:
         engine = make_engine(topo, zero=zero, dtype=dtype, dropout=0.0)
         run(engine, topo, 2, 2)
+        ckpt = os.path.join(work, f"copy-{name}")
+        engine.save(ckpt, {"step": 2})
         params = dict(engine.module.named_parameters())
-        pairs = [(n, n.replace("encoder.0.", "encoder.1.", 1)) for n in params if n.startswith("encoder.0.")]
-        pairs = [(dst, src) for src, dst in pairs]
+        pairs = [(n.replace("encoder.0.", "encoder.1.", 1), n) for n in params if n.startswith("encoder.0.")]
         engine.copy_parameters(pairs)
-        out = {"module_equal": all(torch.equal(params[d], params[s]) for d, s in pairs)}
-        if zero > 0 or dtype != "fp32":
-            out["master_equal"] = all(torch.equal(safe_get_full_fp32_param(params[d]), safe_get_full_fp32_param(params[s]))
-                                      for d, s in pairs)
-            moments = [(safe_get_full_optimizer_state(params[d], "exp_avg"),
-                        safe_get_full_optimizer_state(params[s], "exp_avg")) for d, s in pairs]
-        else:
-            state = engine.guard.inner.state
-            out["dst_state_dropped"] = all(params[d] not in state for d, _ in pairs)
-            moments = [(torch.zeros(1), state[params[s]]["exp_avg"]) for d, s in pairs]
-        out["dst_moments_zero"] = all(float(a.abs().sum()) == 0.0 for a, _ in moments)
-        out["src_moments_kept"] = all(float(b.abs().sum()) > 0.0 for _, b in moments)
+        out = {"kind": ds_internals.masters_kind(engine.ds), "module_equal": True, "master_equal": True,
+               "state_equal": True, "step_equal": True, "moments_nonzero": True}
+        for d, s_ in pairs:
+            out["module_equal"] &= torch.equal(params[d], params[s_])
+            (dm, dst_state, dstep), (sm, src_state, sstep) = (_master_and_state(engine, params[d]),
+                                                              _master_and_state(engine, params[s_]))
+            out["master_equal"] &= torch.equal(dm, sm)
+            out["state_equal"] &= sorted(dst_state) == sorted(src_state) == ["exp_avg", "exp_avg_sq"] and all(
+                torch.equal(dst_state[k], src_state[k]) for k in src_state)
+            out["step_equal"] &= dstep == sstep
+            out["moments_nonzero"] &= float(src_state["exp_avg_sq"].abs().sum()) > 0.0
         more = run(engine, topo, 2, 4)
-        out["finite_after"] = all(m["loss"] == m["loss"] for m in more)
-        out["dst_moved"] = not all(torch.equal(params[d], params[s]) for d, s in pairs)
+        out["after"] = [m["loss"] for m in more]
+        out["dst_moved"] = not all(torch.equal(params[d], params[s_]) for d, s_ in pairs)
+        engine.load(inspected(engine, ckpt))
+        engine.copy_parameters(pairs)
+        out["reloaded"] = [m["loss"] for m in run(engine, topo, 2, 4)]
         res[name] = out
     return res
 
