@@ -9,6 +9,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from parallel.checkpoint import model_signature
+from parallel.ds_config import accumulates_in_fp32
 from parallel.engine import build_engine, layout_of
 from parallel.topology import detect, init_distributed
 from pretrain.data import build_eval_loader, build_train_loader, check_vocab_size
@@ -92,6 +93,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         model_inputs=MODEL_INPUTS,
         compile_model=cfg.trainer.compile,
     )
+    if cfg.trainer.grad_accum > 1 and not accumulates_in_fp32(parallel_cfg, precision_cfg):
+        log(f"warning: the {cfg.trainer.grad_accum} micro-batch gradients of a step are summed in "
+            f"{precision_cfg.dtype} at parallel.zero_stage={parallel_cfg.zero_stage} (DeepSpeed 0.19 sums in fp32 "
+            "only under ZeRO-2/3); parallel=zero2 sums them in fp32 (without pipeline stages)")
     if cfg.trainer.compile:
         log("compile: torch.compile of the model under DeepSpeed; the first step of each new batch shape "
             "compiles (tens of seconds)")

@@ -110,3 +110,15 @@ def test_fp16_refused_where_the_accelerator_lacks_it(monkeypatch):
         ds_config.check_device_dtype("fp16")
     assert "\n" not in str(e.value)
     ds_config.check_device_dtype("fp32")
+
+
+@pytest.mark.parametrize("zero, dtype, fp32_accum", [
+    (2, "bf16", True), (3, "bf16", True), (2, "fp16", True), (3, "fp16", True),
+    (0, "bf16", False), (1, "bf16", False), (1, "fp16", False), (2, "fp32", False)])
+def test_bf16_and_fp16_accumulate_gradients_in_fp32_where_deepspeed_does_it_right(zero, dtype, fp32_accum):
+    cfg = build(ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype))
+    assert ("data_types" in cfg) == fp32_accum
+    if fp32_accum:
+        assert cfg["data_types"] == {"grad_accum_dtype": "fp32"}
+    assert ds_config.accumulates_in_fp32(ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype)) == (
+        fp32_accum or dtype == "fp32")

@@ -81,6 +81,14 @@ def test_lamb_trust_ratios_are_per_tensor_under_every_zero_stage(tmp_path):
         assert r[f"zero{stage}"] == pytest.approx(r["zero0"], rel=1e-4), stage
 
 
+def test_bf16_gradients_accumulate_in_fp32(tmp_path):
+    r = launch("accum", tmp_path)
+    for name, out in r.items():
+        assert out["tensors"] == out["per_step"] > 0, (name, out)
+        # fp32 sums: ~1e-7; summed in bf16 it would be ~1e-3 (2^-9 per add)
+        assert out["rel"] < 1e-5, (name, out)
+
+
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     work = tmp_path_factory.mktemp("ckpt")
