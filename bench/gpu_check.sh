@@ -12,7 +12,8 @@
 # (bench/step_compare.py) -> results.
 # Results go to $OUT (default ./gpu_check_out): gpu_check.md (table), gpu_check.json (all numbers),
 # gpu_check.log (every command's output), steps.tsv (step, rc, seconds). A failing step is
-# recorded and the script goes on; the exit code is the number of failed steps (99: no install).
+# recorded and the script goes on; the exit code is the number of failed steps (98: GPU mode
+# without CUDA; 99: no install). In GPU mode the CUDA tests must all run and pass.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -51,7 +52,10 @@ step() {  # step NAME TIMEOUT_S CMD...: run (functions too), log, record; on tim
     log "== $name: $*"
     ( "$@" ) >> "$LOG" 2>&1 &
     pid=$!
-    ( sleep "$limit"; echo "!! $name: over ${limit}s, killed" >> "$LOG"; "$PY" bench/proc_tree.py kill "$pid" ) &
+    # The watchdog's own `sleep` dies with it (the TERM trap), so no sleep outlives the step.
+    ( trap 'kill "$nap" 2>/dev/null; exit 0' TERM
+      sleep "$limit" & nap=$!; wait "$nap"
+      echo "!! $name: over ${limit}s, killed" >> "$LOG"; "$PY" bench/proc_tree.py kill "$pid" ) &
     local watchdog=$!
     wait "$pid"
     rc=$?
@@ -147,6 +151,22 @@ for text in ("Return a new [MASK] object.", "The [MASK] statement is used to lea
 EOF
 }
 
+cuda_present() {  # GPU mode without a working CUDA device is a failed check, not a CPU run
+    "$PY" -c "import sys, torch; ok = torch.cuda.is_available() and torch.cuda.device_count() > 0; print('cuda', ok); sys.exit(0 if ok else 1)"
+}
+
+cuda_tests() {  # pytest -m cuda: on a GPU every collected test must pass (none skipped, at least one)
+    local collected passed
+    collected=$("$PY" -m pytest -q --collect-only -m cuda tests/cuda -p no:cacheprovider -o addopts= 2>/dev/null \
+        | grep -c '::')
+    "$PY" -m pytest -q -m cuda tests/cuda -p no:cacheprovider -o addopts= -rs | tee "$WORK/pytest-cuda.out"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
+    [ "$MODE" = gpu ] || return 0                 # the dry run only checks that they collect and run
+    passed=$(grep -Eo '[0-9]+ passed' "$WORK/pytest-cuda.out" | tail -1 | cut -d' ' -f1)
+    [ "${collected:-0}" -gt 0 ] && [ "${passed:-0}" -eq "$collected" ] || {
+        echo "expected all $collected CUDA tests to pass on the GPU, ${passed:-0} passed"; return 1; }
+}
+
 compare() {  # compare SEQ MICRO: transformers vs ours, plain torch, same process
     local vocab
     vocab=$("$PY" -c "import sys; from pretrain.shardformat import load_manifest; print(load_manifest(sys.argv[1]).vocab_size)" "$WORK/shards")
@@ -159,12 +179,13 @@ compare() {  # compare SEQ MICRO: transformers vs ours, plain torch, same proces
 log "mode $MODE, python $PY, work $WORK, out $OUT"
 step environment 60 bash -c "'$PY' -c 'import sys, torch; print(sys.version); print(\"torch\", torch.__version__, \"cuda\", torch.version.cuda, torch.cuda.is_available())'; command -v nvidia-smi >/dev/null && nvidia-smi -L || true"
 if [ "$MODE" = gpu ]; then
+    step cuda 60 cuda_present || { log "GPU mode without a CUDA device: nothing to check"; exit 98; }
     step install 240 install_offline || { log "cannot continue without the install"; exit 99; }
 else
     step wheelhouse 120 check_wheelhouse
 fi
 step device 120 device_report
-step pytest-cuda 300 "$PY" -m pytest -q -m cuda tests/cuda -p no:cacheprovider -o addopts= -rs
+step pytest-cuda 300 cuda_tests
 step corpus 120 "$PY" -m pretrain.prepare.demo_corpus "$WORK/raw"
 step prepare 240 "$PY" -m launch.prepare "input=$WORK/raw/*" "output=$WORK/shards" tokenizer.vocab_size=$VOCAB \
     validation_fraction=0.02 progress=false

@@ -48,10 +48,33 @@ def preflight(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
             raise ConfigError(
                 f"{os.path.join(cfg.data.path, MANIFEST_NAME)} has no split {split!r} (has {sorted(manifest.splits)})"
             )
+    check_ranks_per_node(cfg)
     lines = settle_launch_precision(cfg)
     _check_engine_with_dtype(cfg)
     _check_precision(cfg)
     return lines
+
+
+def check_ranks_per_node(cfg: DictConfig, visible_gpus: int | None = None) -> None:
+    """One rank per GPU: `cluster.nproc` above the GPUs a node has is refused (DeepSpeed and our
+    device rule put local rank k on device k; extra ranks would have none). Local runs count the
+    GPUs visible here; SLURM runs compare with `cluster.gpus_per_node` (0 = CPU nodes)."""
+    from pretrain.train.config import ConfigError
+
+    c = cfg.cluster
+    if c.kind == "slurm":
+        gpus, where = c.gpus_per_node, "cluster.gpus_per_node"
+    else:
+        if visible_gpus is None:
+            from parallel.device import visible_gpus as count
+
+            visible_gpus = count()
+        gpus, where = visible_gpus, "GPUs visible on this machine"
+        if gpus and os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            where += f" (CUDA_VISIBLE_DEVICES={os.environ['CUDA_VISIBLE_DEVICES']})"
+    if gpus and c.nproc > gpus:
+        raise ConfigError(f"config key 'cluster.nproc' = {c.nproc} exceeds the {gpus} {where}: one rank per GPU; "
+                          f"set cluster.nproc={gpus} (or fewer)")
 
 
 def _check_engine_with_dtype(cfg: DictConfig) -> None:

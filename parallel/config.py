@@ -12,10 +12,10 @@ class ParallelConfig:
     offload_params: bool = False        # ZeRO-3 only
     pipeline_stages: int = 1            # > 1 builds a PipelineModule (ZeRO <= 1)
     pipeline_partition: str = "parameters"  # DeepSpeed partition_method
-    overlap_comm: bool = False
+    overlap_comm: Optional[bool] = None           # None = on for CUDA with ZeRO >= 1 (ds_config.engine_defaults)
     contiguous_gradients: bool = True
-    reduce_bucket_size: int = 50_000_000
-    allgather_bucket_size: int = 50_000_000
+    reduce_bucket_size: Optional[int] = None      # elements; None = from the model size on CUDA, 5e7 elsewhere
+    allgather_bucket_size: Optional[int] = None
     backend: Optional[str] = None       # None = nccl when CUDA else gloo
 
 

@@ -11,6 +11,7 @@ and they take the best of several interleaved samples so a machine shared with o
 """
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -21,11 +22,39 @@ import torch
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def rank_device_index(local_rank: int, device_count: int) -> int:
+    """The one device-selection rule (DeepSpeed's too: `set_device(LOCAL_RANK)`): local rank k
+    computes on visible device k. More ranks on a node than visible devices is an error, never
+    a silent share of one device by several ranks."""
+    if device_count < 1:
+        raise ValueError("no accelerator device is visible")
+    if not 0 <= local_rank < device_count:
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ValueError(f"local rank {local_rank} has no device of its own: {device_count} visible"
+                         + (f" (CUDA_VISIBLE_DEVICES={visible})" if visible is not None else "")
+                         + "; one rank per device: set cluster.nproc <= the GPUs per node")
+    return local_rank
+
+
 def compute_device(local_rank: int = 0) -> torch.device:
     """The device a rank computes on: CUDA device `local_rank` where CUDA works, else the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+        return torch.device("cuda", rank_device_index(local_rank, torch.cuda.device_count()))
     return torch.device("cpu")
+
+
+def allow_fast_fp32_matmul(device_type: str) -> None:
+    """TF32 for fp32 matmuls and convolutions on CUDA (Ampere and later: ~8x the fp32 rate at
+    10-bit mantissa products, fp32 accumulation; what PyTorch's own guidance suggests for
+    training). No effect elsewhere."""
+    if device_type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def cpu_features() -> dict[str, bool]:

@@ -87,12 +87,36 @@ def accumulates_in_fp32(parallel: ParallelConfig, precision: PrecisionConfig) ->
     return precision.dtype == "fp32" or parallel.zero_stage >= 2
 
 
+CPU_BUCKET = 50_000_000   # elements: DeepSpeed's CPU default order of magnitude; gloo prefers few big buckets
+
+
+def engine_defaults(parallel: ParallelConfig, device_type: str, model_numel: Optional[int]) -> dict:
+    """The values of the `null` (auto) parallel knobs for this device: what a user tuning a CUDA
+    run by hand would pick. overlap_comm: on for CUDA with ZeRO >= 1 and no pipeline (DeepSpeed
+    turns it off for pipelines itself), off on CPU (gloo gains nothing from it). Buckets: on CUDA
+    an eighth of the model's elements, within [5e6, 5e8] (about eight reduce/all-gather rounds per
+    step that overlap the backward pass, buffers bounded for large models); 5e7 elsewhere."""
+    cuda = device_type == "cuda"
+    overlap = parallel.overlap_comm
+    if overlap is None:
+        overlap = cuda and parallel.zero_stage >= 1 and parallel.pipeline_stages == 1
+    bucket = CPU_BUCKET
+    if cuda and model_numel:
+        bucket = int(min(5e8, max(5e6, model_numel // 8)))
+    return {"overlap_comm": bool(overlap),
+            "reduce_bucket_size": int(parallel.reduce_bucket_size if parallel.reduce_bucket_size is not None else bucket),
+            "allgather_bucket_size": int(parallel.allgather_bucket_size if parallel.allgather_bucket_size is not None
+                                         else bucket)}
+
+
 def build_ds_config(parallel: ParallelConfig, precision: PrecisionConfig, optim: OptimConfig,
                     schedule: Optional[ScheduleConfig], micro_batch_size: int, grad_accum: int,
-                    world_size: int, *, load_universal: bool = False) -> dict:
+                    world_size: int, *, load_universal: bool = False, device_type: str = "cpu",
+                    model_numel: Optional[int] = None) -> dict:
     """DeepSpeed config. The lr schedule is not in it: engine passes a LambdaLR (schedules.py).
 
     world_size is the total process count; data-parallel size = world_size / pipeline_stages.
+    device_type / model_numel settle the auto knobs (engine_defaults).
     """
     validate(parallel, precision, optim)
     require_resolved(precision.dtype)
@@ -102,13 +126,8 @@ def build_ds_config(parallel: ParallelConfig, precision: PrecisionConfig, optim:
         raise ValueError(f"world size {world_size} is not divisible by "
                          f"parallel.pipeline_stages={parallel.pipeline_stages}")
     dp = world_size // parallel.pipeline_stages
-    zero: dict = {
-        "stage": parallel.zero_stage,
-        "overlap_comm": parallel.overlap_comm,
-        "contiguous_gradients": parallel.contiguous_gradients,
-        "reduce_bucket_size": int(parallel.reduce_bucket_size),
-        "allgather_bucket_size": int(parallel.allgather_bucket_size),
-    }
+    zero: dict = {"stage": parallel.zero_stage, "contiguous_gradients": parallel.contiguous_gradients,
+                  **engine_defaults(parallel, device_type, model_numel)}
     if parallel.zero_stage == 3:
         zero.pop("allgather_bucket_size")  # stage 3 uses prefetch/param knobs instead
         zero["stage3_gather_16bit_weights_on_model_save"] = False

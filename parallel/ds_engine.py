@@ -16,6 +16,7 @@ from torch import nn
 
 from .checkpoint import Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
+from .device import allow_fast_fp32_matmul
 from .ds_config import build_ds_config, check_device_dtype, validate
 from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
 from . import ds_internals
@@ -44,15 +45,21 @@ class DeepSpeedEngine(Engine):
         norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
-    def _reduce(self, loss_sum: torch.Tensor, stats: dict) -> dict[str, float]:
+    def _reduce(self, loss_sum: torch.Tensor, stats: dict, grad_norm: Optional[torch.Tensor] = None) -> dict[str, float]:
         """One all-reduce of the loss and the stats (device tensors or floats): the step's one
-        read of device values on the host."""
+        read of device values on the host. `grad_norm` (the same on every rank) rides along:
+        summed over the ranks, then divided by their number."""
         keys = sorted(stats)
         vec = torch.stack([loss_sum.reshape(())] + [torch.as_tensor(stats[k], dtype=torch.float64,
                                                                     device=loss_sum.device).reshape(())
-                                                    for k in keys])
+                                                    for k in keys]
+                          + ([grad_norm.to(device=loss_sum.device, dtype=torch.float64).reshape(())]
+                             if grad_norm is not None else []))
         values = all_reduce_sum(vec).tolist()
-        return {"loss": values[0], **dict(zip(keys, values[1:]))}
+        out = {"loss": values[0], **dict(zip(keys, values[1:1 + len(keys)]))}
+        if grad_norm is not None:
+            out["_grad_norm"] = values[-1] / self.topo.world_size
+        return out
 
     def train_step(self, micro_batches: list[dict]) -> dict:
         """One optimizer step over `grad_accum` micro-batches (see the module docstring).
@@ -81,8 +88,8 @@ class DeepSpeedEngine(Engine):
                 stats_sum[k] = v if k not in stats_sum else stats_sum[k] + v
             if micro < len(batches) - 1:
                 self.ds.step()  # accumulation only: no update yet
-        metrics = self._reduce(loss_sum, stats_sum)
-        own_norm = scalar(self._module_grad_norm()) if self._own_grad_norm else None
+        metrics = self._reduce(loss_sum, stats_sum, self._module_grad_norm() if self._own_grad_norm else None)
+        own_norm = metrics.pop("_grad_norm", None)
         self.guard.expect(math.isfinite(metrics["loss"]), own_norm)
         self.ds.step()
         metrics["lr"] = lr
@@ -146,7 +153,8 @@ def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Para
     if load_universal:
         prepare_universal(resume.path, topo)
     config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,
-                             grad_accum, topo.world_size, load_universal=load_universal)
+                             grad_accum, topo.world_size, load_universal=load_universal,
+                             device_type=topo.device.type, model_numel=sum(p.numel() for p in model.parameters()))
     ds_engine = initialize_deepspeed(model, config, optim_cfg, schedule_cfg, total_steps)
     if compile_model:
         # In place (nn.Module.compile): the first step of each new shape and mode pays the
@@ -162,12 +170,17 @@ def initialize_deepspeed(module: nn.Module, config: dict, optim_cfg: OptimConfig
     """deepspeed.initialize with our optimizer (a client one, or parameter groups for DeepSpeed's
     own) and schedule; the plain and the pipeline engine both start here."""
     import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    allow_fast_fp32_matmul(get_accelerator().device_name())
 
     def make_scheduler(optimizer):
         return build_scheduler(optimizer, schedule_cfg, total_steps)
 
     if uses_client_optimizer(optim_cfg):
-        optimizer, params = build_optimizer(module, optim_cfg), None
+        offloaded = bool(config["zero_optimization"].get("offload_optimizer"))
+        device_type = "cpu" if offloaded else get_accelerator().device_name()
+        optimizer, params = build_optimizer(module, optim_cfg, device_type=device_type), None
     else:
         optimizer = None
         params = [{k: v for k, v in g.items() if k != "adapt"}

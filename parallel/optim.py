@@ -164,8 +164,12 @@ class Lamb(Optimizer):
         p.add_(update.to(p.dtype))
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
-    """The client optimizer handed to deepspeed.initialize (impl=torch, or any LAMB)."""
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu") -> Optimizer:
+    """The client optimizer handed to deepspeed.initialize (impl=torch, or any LAMB).
+
+    AdamW is torch's fused kernel where the optimizer steps on CUDA (one launch for all tensors)
+    and the foreach one elsewhere (device_type: where its parameters live: "cpu" under optimizer
+    offload). Both are deterministic, so a resume is exact."""
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"optim.name={cfg.name!r}: expected one of {', '.join(OPTIMIZERS)}")
     groups = param_groups(model, cfg.weight_decay)
@@ -174,8 +178,8 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> Optimizer:
         return Lamb(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     for g in groups:
         g.pop("adapt")
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, foreach=False)
+    kernel = {"fused": True} if device_type == "cuda" else {"foreach": True}
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, eps=cfg.eps, weight_decay=cfg.weight_decay, **kernel)
 
 
 def uses_client_optimizer(cfg: OptimConfig) -> bool:

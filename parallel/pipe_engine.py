@@ -309,7 +309,8 @@ def build_pipeline_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Paral
         prepare_universal(resume.path, topo, aliases=layout.plain_names)
     own_norm = parallel_cfg.zero_stage == 0 and precision_cfg.dtype == "fp32"
     config = build_ds_config(parallel_cfg, precision_cfg, optim_cfg, schedule_cfg, micro_batch_size,
-                             grad_accum, topo.world_size, load_universal=load_universal)
+                             grad_accum, topo.world_size, load_universal=load_universal,
+                             device_type=topo.device.type, model_numel=sum(p.numel() for p in model.parameters()))
     if own_norm:
         config["gradient_clipping"] = 0.0  # clipped in PipelineEngine._optimizer_step instead
     from deepspeed.runtime.pipe.topology import PipeDataParallelTopology

@@ -24,6 +24,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.distributed as dist
 
+from .device import rank_device_index
+
 BACKENDS = ("nccl", "gloo")
 
 
@@ -141,7 +143,7 @@ def detect(env: Optional[Mapping[str, str]] = None, backend: Optional[str] = Non
     if acc.device_name() == "cpu":
         device = torch.device("cpu")
     else:
-        device = torch.device(acc.device_name(local_rank % max(1, acc.device_count())))
+        device = torch.device(acc.device_name(rank_device_index(local_rank, acc.device_count())))
     if pipeline_stages < 1 or world % pipeline_stages:
         raise ValueError(f"parallel.pipeline_stages={pipeline_stages} does not divide the world size {world} "
                          f"(nodes x processes per node)")
@@ -161,7 +163,7 @@ def init_distributed(topo: Topology, timeout: float = 1800.0) -> None:
                           MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
     if topo.device.type != "cpu":
-        _accelerator().set_device(topo.local_rank % max(1, _accelerator().device_count()))
+        _accelerator().set_device(topo.device.index)
     deepspeed.init_distributed(dist_backend=topo.backend, auto_mpi_discovery=False,
                                timeout=datetime.timedelta(seconds=timeout),
                                rank=topo.rank, world_size=topo.world_size)

@@ -29,29 +29,45 @@ BACKENDS = ("auto", "sdpa", "flash")
 
 
 @functools.lru_cache(maxsize=None)
-def flash_varlen():
-    """flash_attn's varlen kernel, or None where it is not installed (an optional extra)."""
+def flash_import() -> tuple:
+    """(flash_attn's varlen kernel, "") where it imports, else (None, why not): the package is an
+    optional extra, and a wheel built for another CUDA/torch fails at import with its own error."""
     try:
         from flash_attn import flash_attn_varlen_func
-    except Exception:  # noqa: BLE001 - ImportError, or a build for another CUDA/torch
-        return None
-    return flash_attn_varlen_func
+    except Exception as e:  # noqa: BLE001 - ImportError, or a build for another CUDA/torch
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+    return flash_attn_varlen_func, ""
+
+
+def flash_varlen():
+    """flash_attn's varlen kernel, or None where it does not import."""
+    return flash_import()[0]
+
+
+def backend_choice(name: str, unpad: bool, device: torch.device) -> tuple[str, str]:
+    """(the kernel a context on this device uses, why): "flash" only on CUDA with a working
+    flash_attn and unpadded rows; an explicit `flash` that cannot run is one clear error."""
+    if name not in BACKENDS:
+        raise ValueError(f"model.attention_backend={name!r}: expected one of {BACKENDS}")
+    if name == "sdpa":
+        return "sdpa", "model.attention_backend=sdpa"
+    if not unpad or device.type != "cuda":
+        if name == "flash":
+            raise ValueError("model.attention_backend=flash needs model.unpad=true and a CUDA device")
+        return "sdpa", "padded rows (model.unpad=false)" if not unpad else f"no CUDA device ({device.type})"
+    kernel, why = flash_import()
+    if kernel is None:
+        if name == "flash":
+            raise ValueError(f"model.attention_backend=flash: flash_attn does not import ({why}); "
+                             "install a wheel for this CUDA/torch (pip install 'bert-pretrain[flash]') or use auto/sdpa")
+        return "sdpa", (f"auto: flash_attn does not import ({why}); SDPA on re-padded rows with a "
+                        "block-diagonal mask instead")
+    return "flash", "flash_attn varlen kernel on the real tokens"
 
 
 def resolve_backend(name: str, unpad: bool, device: torch.device) -> str:
-    """The kernel a context of this device uses: "flash" only on CUDA with flash_attn, unpadded."""
-    if name not in BACKENDS:
-        raise ValueError(f"model.attention_backend={name!r}: expected one of {BACKENDS}")
-    if name == "sdpa" or not unpad or device.type != "cuda":
-        if name == "flash" and (not unpad or device.type != "cuda"):
-            raise ValueError("model.attention_backend=flash needs model.unpad=true and a CUDA device")
-        return "sdpa"
-    if flash_varlen() is None:
-        if name == "flash":
-            raise ValueError("model.attention_backend=flash: flash_attn is not installed "
-                             "(pip install 'bert-pretrain[flash]'), or use auto/sdpa")
-        return "sdpa"
-    return "flash"
+    """The kernel a context of this device uses (backend_choice without the reason)."""
+    return backend_choice(name, unpad, device)[0]
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:

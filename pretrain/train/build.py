@@ -97,6 +97,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         log(f"warning: the {cfg.trainer.grad_accum} micro-batch gradients of a step are summed in "
             f"{precision_cfg.dtype} at parallel.zero_stage={parallel_cfg.zero_stage} (DeepSpeed 0.19 sums in fp32 "
             "only under ZeRO-2/3); parallel=zero2 sums them in fp32 (without pipeline stages)")
+    from pretrain.model.attention import backend_choice
+
+    backend, why = backend_choice(mcfg.attention_backend, mcfg.unpad, topo.device)
+    log(f"attention: {backend} ({why})")
     if cfg.trainer.compile:
         log("compile: torch.compile of the model under DeepSpeed; the first step of each new batch shape "
             "compiles (tens of seconds)")
@@ -111,8 +115,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     check_vocab_size(manifest, mcfg.vocab_size)
     # Only data-parallel replicas read different data: the stages of one pipeline replica read
     # the same batches (the first stage needs the inputs, the last the labels).
+    pin = topo.device.type == "cuda"   # page-locked host batches: asynchronous copies to the GPU
     train_loader = build_train_loader(
-        cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest, with_ids=cfg.trainer.record_samples
+        cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest, with_ids=cfg.trainer.record_samples,
+        pin_memory=pin,
     )
     if state.data_cursor:
         train_loader.load_state_dict(state.data_cursor)
@@ -137,7 +143,8 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         topo=topo,
         engine=engine,
         train_loader=train_loader,
-        eval_loader_factory=lambda: build_eval_loader(cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest),
+        eval_loader_factory=lambda: build_eval_loader(cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest,
+                                                      pin_memory=pin),
         tracker=tracker,
         state=state,
         checkpoints=manager,

@@ -215,7 +215,10 @@ def validate(raw: DictConfig | dict) -> DictConfig:
     for key in ("trainer.checkpoint_every",):
         if _get(cfg, key) <= 0:
             raise ConfigError(f"config key {key!r} = {_get(cfg, key)!r}; must be > 0")
-    for key in ("trainer.eval_every", "schedule.warmup_steps", "parallel.reduce_bucket_size",
+    for key in ("parallel.reduce_bucket_size", "parallel.allgather_bucket_size"):
+        if _get(cfg, key) is not None and _get(cfg, key) <= 0:
+            raise ConfigError(f"config key {key!r} = {_get(cfg, key)!r}; must be > 0 (or null: from the model size)")
+    for key in ("trainer.eval_every", "schedule.warmup_steps",
                 "trainer.max_skips", "trainer.max_rewinds", "trainer.loss_spike.warmup"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"config key {key!r} = {_get(cfg, key)!r}; must be >= 0")

@@ -122,3 +122,35 @@ def test_bf16_and_fp16_accumulate_gradients_in_fp32_where_deepspeed_does_it_righ
         assert cfg["data_types"] == {"grad_accum_dtype": "fp32"}
     assert ds_config.accumulates_in_fp32(ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype)) == (
         fp32_accum or dtype == "fp32")
+
+
+def test_cuda_defaults_on_a_cuda_device_and_cpu_defaults_elsewhere():
+    bert_base = 110_000_000
+    cuda = build(ParallelConfig(zero_stage=2), device_type="cuda", model_numel=bert_base)["zero_optimization"]
+    assert cuda["overlap_comm"] is True
+    assert cuda["reduce_bucket_size"] == cuda["allgather_bucket_size"] == bert_base // 8
+    tiny = build(ParallelConfig(zero_stage=2), device_type="cuda", model_numel=1_000)["zero_optimization"]
+    assert tiny["reduce_bucket_size"] == 5_000_000                 # floor
+    huge = build(ParallelConfig(zero_stage=3), device_type="cuda", model_numel=10**11)["zero_optimization"]
+    assert huge["reduce_bucket_size"] == 500_000_000               # ceiling
+    cpu = build(ParallelConfig(zero_stage=2), device_type="cpu", model_numel=bert_base)["zero_optimization"]
+    assert cpu["overlap_comm"] is False and cpu["reduce_bucket_size"] == ds_config.CPU_BUCKET
+    pipe = build(ParallelConfig(zero_stage=1, pipeline_stages=2), device_type="cuda", model_numel=bert_base)
+    assert pipe["zero_optimization"]["overlap_comm"] is False   # DeepSpeed would turn it off for pipelines
+    # What a user sets wins.
+    own = build(ParallelConfig(zero_stage=2, overlap_comm=False, reduce_bucket_size=123, allgather_bucket_size=456),
+                device_type="cuda", model_numel=bert_base)["zero_optimization"]
+    assert (own["overlap_comm"], own["reduce_bucket_size"], own["allgather_bucket_size"]) == (False, 123, 456)
+
+
+def test_adamw_kernel_follows_where_the_optimizer_steps():
+    import torch
+    from torch import nn
+
+    from parallel.optim import build_optimizer
+
+    model = nn.Linear(3, 3)
+    assert build_optimizer(model, OptimConfig(), device_type="cuda").defaults["fused"] is True
+    cpu = build_optimizer(model, OptimConfig(), device_type="cpu")
+    assert cpu.defaults["foreach"] is True and not cpu.defaults.get("fused")
+    assert isinstance(cpu, torch.optim.AdamW)
