@@ -16,12 +16,9 @@ from torch import nn
 
 from .checkpoint import Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
-from .device import allow_fast_fp32_matmul
 from .ds_config import build_ds_config, check_device_dtype, validate
-from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
-from . import ds_internals
-from .optim import Lamb, build_optimizer, param_groups, uses_client_optimizer
-from .schedules import build_scheduler
+from .ds_init import initialize_deepspeed
+from .engine_base import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
 from .topology import Topology, all_reduce_sum, init_distributed
 
 
@@ -92,14 +89,7 @@ class DeepSpeedEngine(Engine):
         own_norm = metrics.pop("_grad_norm", None)
         self.guard.expect(math.isfinite(metrics["loss"]), own_norm)
         self.ds.step()
-        metrics["lr"] = lr
-        grad_norm = own_norm if self._own_grad_norm else scalar(self.ds.get_global_grad_norm())
-        metrics.update(self._step_report(metrics["loss"], grad_norm,
-                                         int(getattr(self.ds, "skipped_steps", 0)) - skipped_before))
-        if self.precision_cfg.dtype == "fp16":
-            opt = self.ds.optimizer
-            metrics["loss_scale"] = scalar(getattr(opt, "cur_scale", getattr(opt, "loss_scale", None)))
-        return metrics
+        return self._finish_step(metrics, lr, own_norm if self._own_grad_norm else None, skipped_before)
 
     @torch.no_grad()
     def eval_step(self, batch: dict) -> dict:
@@ -125,7 +115,7 @@ class DeepSpeedEngine(Engine):
 
         Values are the module's weights as trained, upcast to fp32: exact for fp32 training; for
         bf16 training they are the bf16 weights (the fp32 master copy lives in the optimizer: use
-        checkpoint.consolidate_fp32(ckpt_dir) on a saved checkpoint for those).
+        parallel.convert.consolidate_fp32(ckpt_dir) on a saved checkpoint for those).
         """
         module = self.module
         if self.parallel_cfg.zero_stage == 3:
@@ -163,39 +153,3 @@ def build_deepspeed_engine(model: nn.Module, loss_fn: LossFn, parallel_cfg: Para
     return DeepSpeedEngine(ds_engine, loss_fn, topo=topo, parallel_cfg=parallel_cfg,
                            precision_cfg=precision_cfg, grad_accum=grad_accum, seed=seed,
                            signature=signature, load_universal=load_universal, model_inputs=model_inputs)
-
-
-def initialize_deepspeed(module: nn.Module, config: dict, optim_cfg: OptimConfig, schedule_cfg: ScheduleConfig,
-                         total_steps: Optional[int]):
-    """deepspeed.initialize with our optimizer (a client one, or parameter groups for DeepSpeed's
-    own) and schedule; the plain and the pipeline engine both start here."""
-    import deepspeed
-    from deepspeed.accelerator import get_accelerator
-
-    allow_fast_fp32_matmul(get_accelerator().device_name())
-
-    def make_scheduler(optimizer):
-        return build_scheduler(optimizer, schedule_cfg, total_steps)
-
-    if uses_client_optimizer(optim_cfg):
-        offloaded = bool(config["zero_optimization"].get("offload_optimizer"))
-        device_type = "cpu" if offloaded else get_accelerator().device_name()
-        optimizer, params = build_optimizer(module, optim_cfg, device_type=device_type), None
-    else:
-        optimizer = None
-        params = [{k: v for k, v in g.items() if k != "adapt"}
-                  for g in param_groups(module, optim_cfg.weight_decay)]
-    ds_engine, _, _, _ = deepspeed.initialize(model=module, optimizer=optimizer, model_parameters=params,
-                                              lr_scheduler=make_scheduler, config=config)
-    if isinstance(optimizer, Lamb) and ds_internals.masters_kind(ds_engine) in ("fragments", "stage3"):
-        # ZeRO 1-3 and the bf16 optimizer hand LAMB flat partitions: give it the tensor
-        # boundaries and the data-parallel group, so trust ratios stay per tensor.
-        group, device = ds_engine.seq_data_parallel_group, ds_engine.device
-
-        def reduce_sum(t: torch.Tensor) -> None:
-            moved = t.to(device)
-            torch.distributed.all_reduce(moved, group=group)
-            t.copy_(moved)
-
-        optimizer.use_tensor_segments(lambda: ds_internals.fragment_segments(ds_engine), reduce_sum)
-    return ds_engine

@@ -16,15 +16,13 @@ from __future__ import annotations
 import os
 import torch
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, peek_checkpoint, weights_only_loads
 
 STATE_KEYS = ("fp32", "exp_avg", "exp_avg_sq")
 _SHARDED = ("base_optimizer_state", "param_slice_mappings", "single_partition_of_fp32_groups")
 
 
 def _load(ckpt_dir: str, name: str) -> dict:
-    from .checkpoint import weights_only_loads
-
     path = os.path.join(ckpt_dir, name)
     try:
         with weights_only_loads():  # the repository's trust boundary (parallel/checkpoint.py)
@@ -121,8 +119,6 @@ def to_universal(ckpt_dir: str, out: str) -> None:
     exp_avg, exp_avg_sq, step}.pt, zero/optimizer_state.pt, and stage 0's mp_rank file (lr
     scheduler, step counters, client state). A tied weight is taken from the first stage that
     holds it (the copies are equal: their gradients are all-reduced)."""
-    from .checkpoint import peek_checkpoint
-
     meta = peek_checkpoint(ckpt_dir)
     if int(meta["zero_stage"]) < 1:
         raise CheckpointError(f"checkpoint {ckpt_dir}: a ZeRO-0 pipeline checkpoint has no partitioned optimizer "

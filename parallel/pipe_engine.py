@@ -36,8 +36,8 @@ from . import ds_internals
 from .checkpoint import CheckpointError, Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
-from .ds_engine import initialize_deepspeed
-from .engine import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
+from .ds_init import initialize_deepspeed
+from .engine_base import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
 from .pipe_model import PipeLayout, build_pipeline_module, pipe_layout
 from .topology import Topology, all_gather_object, all_reduce_sum, init_distributed
 
@@ -198,14 +198,7 @@ class PipelineEngine(Engine):
                               scale=float(self.grad_accum * self.dp_world_size))
         self.ds.train_batch(data_iter=self._items(batches))
         metrics = dict(self._sums)  # reduced in _optimizer_step, before the update
-        metrics["lr"] = lr
-        grad_norm = self._grad_norm if self._own_norm else scalar(self.ds.get_global_grad_norm())
-        metrics.update(self._step_report(metrics["loss"], grad_norm,
-                                         int(getattr(self.ds, "skipped_steps", 0)) - skipped_before))
-        if self.precision_cfg.dtype == "fp16":
-            opt = self.ds.optimizer
-            metrics["loss_scale"] = scalar(getattr(opt, "cur_scale", getattr(opt, "loss_scale", None)))
-        return metrics
+        return self._finish_step(metrics, lr, self._grad_norm if self._own_norm else None, skipped_before)
 
     def _stat_keys(self) -> list[str]:
         """The loss function's stat names, learnt from the last stage once (one gather)."""

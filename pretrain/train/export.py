@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 
 def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=print) -> str:
-    from parallel.checkpoint import consolidate_fp32
+    from parallel.convert import consolidate_fp32
     from pretrain.hf.export import export_hf
     from pretrain.model import build_model
     from pretrain.model.config import ModelConfig

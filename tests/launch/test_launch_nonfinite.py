@@ -48,7 +48,7 @@ def step_dirs(run_dir: str) -> list[str]:
 
 
 def finite_checkpoint(run_dir: str, name: str) -> bool:
-    from parallel.checkpoint import consolidate_fp32
+    from parallel.convert import consolidate_fp32
 
     state = consolidate_fp32(os.path.join(run_dir, "checkpoints", name))
     return all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point())

@@ -99,7 +99,7 @@ def _check_export_matches(ckpt: str, run_dir: str, export_dir: str) -> None:
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
     from pretrain.train.rundir import load_run_config
-    from parallel.checkpoint import consolidate_fp32
+    from parallel.convert import consolidate_fp32
     from pretrain.model import ModelConfig, build_model
 
     assert json.load(open(os.path.join(ckpt, "parallel_meta.json")))["pipeline_stages"] == 2

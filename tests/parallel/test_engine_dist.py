@@ -125,7 +125,7 @@ def test_one_rank_resumes_a_two_rank_checkpoint_via_universal(saved):
 
 
 def test_consolidate_fp32_offline(saved):
-    from parallel.checkpoint import consolidate_fp32
+    from parallel.convert import consolidate_fp32
 
     work, before = saved
     for name in ("z2", "z3bf16"):

@@ -134,7 +134,7 @@ def test_resume_across_stages_replicas_and_plain_continues_exactly(runs):
 
 def test_pipeline_checkpoints_consolidate_to_the_plain_state_dict(runs):
     from _pipe_worker import model_cfg
-    from parallel.checkpoint import consolidate_fp32
+    from parallel.convert import consolidate_fp32
     from pretrain.model import build_model
 
     work, _, _ = runs
