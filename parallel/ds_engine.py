@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -42,24 +42,30 @@ class DeepSpeedEngine(Engine):
         norms = [p.grad.detach().float().norm() for p in self.module.parameters() if p.grad is not None]
         return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros(())
 
-    def _reduce(self, loss_sum: torch.Tensor, stats: dict, grad_norm: Optional[torch.Tensor] = None) -> dict[str, float]:
+    def _reduce(self, loss_sum: torch.Tensor, stats: dict, grad_norm: Optional[torch.Tensor] = None,
+                carry: Optional[Callable[[], Sequence[float]]] = None) -> dict[str, float]:
         """One all-reduce of the loss and the stats (device tensors or floats): the step's one
         read of device values on the host. `grad_norm` (the same on every rank) rides along:
-        summed over the ranks, then divided by their number."""
+        summed over the ranks, then divided by their number; so do the caller's `carry` values."""
         keys = sorted(stats)
-        vec = torch.stack([loss_sum.reshape(())] + [torch.as_tensor(stats[k], dtype=torch.float64,
-                                                                    device=loss_sum.device).reshape(())
-                                                    for k in keys]
-                          + ([grad_norm.to(device=loss_sum.device, dtype=torch.float64).reshape(())]
-                             if grad_norm is not None else []))
+        device = loss_sum.device
+        parts = [loss_sum.reshape(())] + [torch.as_tensor(stats[k], dtype=torch.float64, device=device).reshape(())
+                                          for k in keys]
+        if grad_norm is not None:
+            parts.append(grad_norm.to(device=device, dtype=torch.float64).reshape(()))
+        carried = [float(x) for x in carry()] if carry is not None else []
+        vec = torch.cat([torch.stack(parts), torch.tensor(carried, dtype=torch.float64).to(device)])
         values = all_reduce_sum(vec).tolist()
         out = {"loss": values[0], **dict(zip(keys, values[1:1 + len(keys)]))}
         if grad_norm is not None:
-            out["_grad_norm"] = values[-1] / self.topo.world_size
+            out["_grad_norm"] = values[len(parts) - 1] / self.topo.world_size
+        if carry is not None:
+            out["carried"] = values[len(parts):]
         return out
 
-    def train_step(self, micro_batches: list[dict]) -> dict:
-        """One optimizer step over `grad_accum` micro-batches (see the module docstring).
+    def train_step(self, micro_batches: list[dict], carry: Optional[Callable[[], Sequence[float]]] = None) -> dict:
+        """One optimizer step over `grad_accum` micro-batches (see the module docstring and
+        Engine.train_step for `carry`).
 
         If loss_fn accepts `sentence_normalizer`, it gets the global count of sentence labels.
         The metrics are reduced over ranks before the last `ds.step()` (the one that updates), so
@@ -85,7 +91,7 @@ class DeepSpeedEngine(Engine):
                 stats_sum[k] = v if k not in stats_sum else stats_sum[k] + v
             if micro < len(batches) - 1:
                 self.ds.step()  # accumulation only: no update yet
-        metrics = self._reduce(loss_sum, stats_sum, self._module_grad_norm() if self._own_grad_norm else None)
+        metrics = self._reduce(loss_sum, stats_sum, self._module_grad_norm() if self._own_grad_norm else None, carry)
         own_norm = metrics.pop("_grad_norm", None)
         self.guard.expect(math.isfinite(metrics["loss"]), own_norm)
         self.ds.step()

@@ -116,7 +116,12 @@ class Engine(ABC):
 
     # ---------------------------------------------------------------- interface
     @abstractmethod
-    def train_step(self, micro_batches: list[dict]) -> dict: ...
+    def train_step(self, micro_batches: list[dict], carry: Optional[Callable[[], Sequence[float]]] = None) -> dict:
+        """One optimizer step over `grad_accum` micro-batches; the metrics, reduced over ranks.
+
+        carry: the caller's own per-rank numbers (the same count on every rank), read right
+        before the step's one all-reduce and summed over all ranks in it: returned as
+        metrics["carried"], so a caller needs no collective of its own per step."""
 
     @abstractmethod
     def eval_step(self, batch: dict) -> dict: ...

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import math
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -99,6 +99,7 @@ class PipelineEngine(Engine):
         self._step = 0
         self._micro = 0
         self._keys: Optional[list[str]] = None
+        self._carry: Optional[Callable[[], Sequence[float]]] = None
         self.ds.module.before_forward = self._before_forward
         from deepspeed.runtime.pipe import schedule
 
@@ -173,18 +174,25 @@ class PipelineEngine(Engine):
 
     def _last_stage_sums(self, keys: list[str]) -> dict[str, float]:
         """loss + stats summed over this step's micro-batches on the last stage, over the world
-        (zeros elsewhere): the same numbers on every rank."""
+        (zeros elsewhere): the same numbers on every rank; the caller's carry values ride along
+        (Engine.train_step)."""
         sl = self.stage_loss
+        carried = [float(x) for x in self._carry()] if self._carry is not None else []
         vec = torch.zeros(1 + len(keys), dtype=torch.float64, device=self.topo.device)
         if self.is_last:
             # Summed on the device: the all-reduce below is the step's one read on the host.
             vec[0] = sum(l.double() for l in sl.losses)
             for i, k in enumerate(keys):
                 vec[1 + i] = sum(s.get(k, 0.0) for s in sl.stats)
+        vec = torch.cat([vec, torch.tensor(carried, dtype=torch.float64).to(self.topo.device)])
         values = all_reduce_sum(vec).tolist()
-        return {"loss": values[0], **dict(zip(keys, values[1:]))}
+        out = {"loss": values[0], **dict(zip(keys, values[1:1 + len(keys)]))}
+        if self._carry is not None:
+            out["carried"] = values[1 + len(keys):]
+        return out
 
-    def train_step(self, micro_batches: list[dict]) -> dict:
+    def train_step(self, micro_batches: list[dict], carry: Optional[Callable[[], Sequence[float]]] = None) -> dict:
+        self._carry = carry
         if len(micro_batches) != self.grad_accum:
             raise ValueError(f"train_step got {len(micro_batches)} micro-batches, "
                              f"expected grad_accum={self.grad_accum}")

@@ -11,7 +11,7 @@ import time
 
 from omegaconf import DictConfig, OmegaConf
 
-from parallel.topology import all_gather_object, barrier, reduce_sum
+from parallel.topology import all_gather_object, barrier
 from pretrain.data import merge_cursors
 from pretrain.model.layout import batch_examples
 from pretrain.train.budget import Budget, JobDeadline
@@ -54,19 +54,20 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(ga)]
         data_seconds = time.perf_counter() - t0
-        metrics = engine.train_step(micro)
-        if recorder is not None:
-            recorder.record(state.step + 1, micro)
-        # One all-reduce carries the counts and every rank-local reason to stop, so all ranks
-        # take the same branch below (a lone rank checkpointing would hang the others). Only the
+        # The step's one all-reduce also carries the counts and every rank-local reason to stop
+        # (read just before it), so all ranks take the same branch below (a lone rank
+        # checkpointing would hang the others) with no collective of the loop's own. Only the
         # first pipeline stage counts data: the other stages of a replica see the same batches.
         counts_data = topo.pp_rank == 0
-        *counts, seconds = reduce_sum([
-            sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
-            sum(batch_examples(b) for b in micro) if counts_data else 0,
-            sum(b["input_ids"].numel() for b in micro) if counts_data else 0,
-            float(preempt.local), metrics.get("nonfinite", 0.0), budget.local_seconds()])
-        tokens, samples, positions, preempted, nonfinite = (int(v) for v in counts)
+        local = [sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
+                 sum(batch_examples(b) for b in micro) if counts_data else 0,
+                 sum(b["input_ids"].numel() for b in micro) if counts_data else 0]
+        metrics = engine.train_step(micro, carry=lambda: [*local, float(preempt.local), budget.local_seconds()])
+        if recorder is not None:
+            recorder.record(state.step + 1, micro)
+        *counts, seconds = metrics.pop("carried")
+        tokens, samples, positions, preempted = (int(v) for v in counts)
+        nonfinite = metrics.get("nonfinite", 0.0)   # from the global loss and gradient norm: the same everywhere
         state.train_seconds = seconds / topo.world_size  # the ranks' mean clock: one value everywhere
         state.step += 1
         state.consumed_tokens += tokens
