@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CONSTRAINTS ?= constraints-cpu.txt
 STAMP := $(VENV)/.installed
 
-.PHONY: install test demo clean bench
+.PHONY: install test demo clean bench gpu-wheels
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/data.py
 	$(BIN)/python bench/model.py
 	$(BIN)/python bench/train.py
+
+# The git-ignored wheelhouse bench/gpu_check.sh installs from on the GPU check machine (no network
+# there): only what its Python lacks, for cp312 manylinux x86_64 (docs/benchmarks.md "GPU").
+gpu-wheels: $(STAMP)
+	PYTHON=$(BIN)/python bash bench/gpu_wheels.sh
 
 clean:
 	rm -rf $(VENV) data/demo runs
