@@ -15,6 +15,30 @@ from pretrain.data.tokens import check_tokenizer, token_table
 from pretrain.shardformat import Manifest, load_manifest
 
 
+MAX_AUTO_WORKERS = 8
+
+
+def loader_workers(configured: Optional[int], env=None) -> int:
+    """`data.num_workers`, or for null: the CPUs this process may use divided among the node's
+    ranks, one kept for the rank itself, at least 1 and at most MAX_AUTO_WORKERS (decoding and
+    masking a batch is light next to a training step; more workers only add memory).
+
+    The streams a rank reads depend on the count (docs/data.md): the same machine type gives the
+    same count, hence a bit-exact resume; a resume on other hardware re-splits the streams
+    (exactly-once still holds, the order changes). Set it explicitly to pin it."""
+    import os
+
+    if configured is not None:
+        return int(configured)
+    env = os.environ if env is None else env
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    ranks_here = max(1, int(env.get("LOCAL_WORLD_SIZE", "1") or 1))
+    return max(1, min(MAX_AUTO_WORKERS, cpus // ranks_here - 1))
+
+
 def _manifest(manifest_or_path: Union[Manifest, str, None], data_cfg: DataConfig) -> Manifest:
     if isinstance(manifest_or_path, Manifest):
         return manifest_or_path
@@ -64,8 +88,8 @@ def _build(data_cfg, obj, rank, world_size, manifest_or_path, split, urls, epoch
         packing=bool(data_cfg.packing),
         pack_lookahead=int(data_cfg.pack_lookahead),
     )
-    return ResumableLoader(spec, rank, world_size, int(data_cfg.num_workers), int(data_cfg.prefetch_factor),
-                           pin_memory)
+    return ResumableLoader(spec, rank, world_size, loader_workers(data_cfg.num_workers),
+                           int(data_cfg.prefetch_factor), pin_memory)
 
 
 def build_train_loader(data_cfg: DataConfig, objective_cfg: ObjectiveConfig, rank: int, world_size: int,

@@ -15,7 +15,7 @@ class DataConfig:
     valid_urls: Optional[str] = None
     max_seq_len: int = 128
     micro_batch_size: int = 32          # per rank, per micro-step
-    num_workers: int = 1                # DataLoader workers per rank (0 = in the main process)
+    num_workers: Optional[int] = None   # DataLoader workers per rank (0 = in the main process); None = from the CPUs per rank
     prefetch_factor: int = 2
     short_seq_prob: float = 0.1
     packing: bool = True                # several examples per row (docs/data.md "Packing")

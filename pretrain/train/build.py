@@ -120,6 +120,8 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest, with_ids=cfg.trainer.record_samples,
         pin_memory=pin,
     )
+    log(f"data: {train_loader.num_workers} loader worker(s) per rank"
+        + (" (data.num_workers=null: from the CPUs per rank)" if cfg.data.num_workers is None else ""))
     if state.data_cursor:
         train_loader.load_state_dict(state.data_cursor)
     tracker = build_tracker(

@@ -120,3 +120,17 @@ def test_exact_resume_with_nsp_and_whole_word_masking(make_cfg):
     got = take(iter(again), 6)
     assert all(same(w[k], g[k]) for w, g in zip(want, got) for k in w)
     assert any((b["sentence_label"] == 1).any() for b in got)
+
+
+def test_loader_workers_default_from_the_cpus_per_rank(monkeypatch):
+    import os
+
+    from pretrain.data.build import MAX_AUTO_WORKERS, loader_workers
+
+    assert loader_workers(3) == 3 and loader_workers(0) == 0            # explicit wins
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert loader_workers(None, {"LOCAL_WORLD_SIZE": "1"}) == MAX_AUTO_WORKERS   # 15, capped
+    assert loader_workers(None, {"LOCAL_WORLD_SIZE": "4"}) == 3                  # 4 CPUs each, one for the rank
+    assert loader_workers(None, {"LOCAL_WORLD_SIZE": "16"}) == 1                 # never 0 by default
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert loader_workers(None, {}) == 1
