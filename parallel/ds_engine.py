@@ -53,8 +53,9 @@ class DeepSpeedEngine(Engine):
                                           for k in keys]
         if grad_norm is not None:
             parts.append(grad_norm.to(device=device, dtype=torch.float64).reshape(()))
-        carried = [float(x) for x in carry()] if carry is not None else []
-        vec = torch.cat([torch.stack(parts), torch.tensor(carried, dtype=torch.float64).to(device)])
+        vec = torch.stack(parts)
+        if carry is not None:   # host numbers: one small copy to the device
+            vec = torch.cat([vec, torch.tensor([float(x) for x in carry()], dtype=torch.float64).to(device)])
         values = all_reduce_sum(vec).tolist()
         out = {"loss": values[0], **dict(zip(keys, values[1:1 + len(keys)]))}
         if grad_norm is not None:

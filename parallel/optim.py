@@ -74,15 +74,29 @@ class Lamb(Optimizer):
         collective: every rank steps the same groups in the same order)."""
         self._resolve, self._reduce_sum = resolve, reduce_sum
         self._segments, self._count = resolve()
+        self._pieces: dict = {}
 
-    def _segments_of(self, p: torch.Tensor) -> list:
+    def _pieces_of(self, p: torch.Tensor) -> tuple:
+        """(segments, their tensor indices on p's device, the uncovered (start, numel) ranges:
+        the partition's alignment padding) of flat partition p, worked out once per partition."""
         key = p.untyped_storage().data_ptr()
-        if key not in self._segments:   # partitions re-allocated (e.g. by a load): look again
-            self._segments, self._count = self._resolve()
-        if key not in self._segments:
-            raise RuntimeError("Lamb: a flat partition of the optimizer maps to no model tensor; "
-                               "per-tensor trust ratios cannot be formed (parallel/ds_internals.fragment_segments)")
-        return self._segments[key]
+        if key not in self._pieces:
+            if key not in self._segments:   # partitions re-allocated (e.g. by a load): look again
+                self._segments, self._count = self._resolve()
+            if key not in self._segments:
+                raise RuntimeError("Lamb: a flat partition of the optimizer maps to no model tensor; per-tensor "
+                                   "trust ratios cannot be formed (parallel/ds_internals.fragment_segments)")
+            segments = sorted(self._segments[key], key=lambda seg: seg[1])
+            gaps, at = [], 0
+            for _, start, numel in segments:
+                if start > at:
+                    gaps.append((at, start - at))
+                at = max(at, start + numel)
+            if at < p.numel():
+                gaps.append((at, p.numel() - at))
+            index = torch.tensor([i for i, _, _ in segments], device=p.device)
+            self._pieces[key] = (segments, index, gaps)
+        return self._pieces[key]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -134,13 +148,12 @@ class Lamb(Optimizer):
     def _step_segmented(self, p: torch.Tensor, group: dict) -> None:
         """One flat partition: squared norms of every tensor piece it holds, summed with the
         other ranks' pieces in one reduce, then each piece scaled by its tensor's trust ratio."""
-        segments = self._segments_of(p)
+        segments, index, gaps = self._pieces_of(p)
         sq = torch.zeros(2, self._count, dtype=torch.float64, device=p.device)
         update = data = None
         if p.grad is not None:
             update, data = self._update(p, group)
             if segments:
-                index = torch.tensor([i for i, _, _ in segments], device=p.device)
                 pieces = [(data.narrow(0, s, n), update.narrow(0, s, n)) for _, s, n in segments]
                 sq[0].index_add_(0, index, torch.stack([torch.linalg.vector_norm(w, dtype=torch.float64).square()
                                                         for w, _ in pieces]))
@@ -152,15 +165,10 @@ class Lamb(Optimizer):
         w_norm, u_norm = sq.sqrt()
         ratio = (w_norm / u_norm).clamp(0.0, group["max_trust"])
         scale = torch.where((w_norm > 0) & (u_norm > 0), ratio, torch.ones_like(ratio)) * -group["lr"]
-        covered = 0
         for i, s, n in segments:
             update.narrow(0, s, n).mul_(scale[i])
-            covered += n
-        if covered < update.numel():   # alignment padding of the partition: plain Adam step
-            mask = torch.ones(update.numel(), dtype=torch.bool, device=p.device)
-            for _, s, n in segments:
-                mask.narrow(0, s, n).fill_(False)
-            update[mask] *= -group["lr"]
+        for s, n in gaps:          # alignment padding of the partition: a plain Adam step
+            update.narrow(0, s, n).mul_(-group["lr"])
         p.add_(update.to(p.dtype))
 
 

@@ -46,9 +46,6 @@ class OurHostReads(TorchFunctionMode):
             if not ALLOWED & set(chain):
                 where = os.path.relpath(frame.f_code.co_filename, ROOT)
                 self.seen.append(f"{name} in {where}:{frame.f_lineno} ({frame.f_code.co_name})")
-                if os.environ.get("HOST_READS_TRACE") and len(self.seen) == 1:
-                    import traceback
-                    traceback.print_stack(frame)
         return func(*args, **(kwargs or {}))
 
 
