@@ -8,11 +8,18 @@ Two layouts of the hidden states ("token-major": heads and head_dim last):
                          of their row (as transformers does), so pad outputs stay finite.
   unpadded  [T, ...]     only the T real tokens (row-major), sequences delimited by cu_seqlens
                          (the layout of FlashAttention's varlen kernel). Linears, norms and the
-                         MLM gather then skip the pads; attention runs
-                           flash: flash_attn_varlen_func (CUDA, flash_attn installed), or
-                           sdpa:  scattered back to [B, L] for one masked SDPA call and gathered
-                                  again, because torch has no varlen SDPA on CPU (nested tensors
-                                  measured slower: docs/benchmarks.md "Unpadded attention").
+                         MLM gather then skip the pads; attention runs through one backend:
+                           flash:  flash_attn_varlen_func (CUDA, flash_attn installed);
+                           varlen: PyTorch's own kernels on the real tokens, no [B,1,L,L] mask:
+                                   SDPA on a nested (jagged) tensor made from cu_seqlens for
+                                   global attention (on CUDA PyTorch's flash / memory-efficient
+                                   varlen kernels), FlexAttention with a document + window block
+                                   mask for local windows (compiled on CUDA; on the CPU
+                                   FlexAttention has no backward, so a windowed layer that needs
+                                   gradients there re-pads as sdpa does, and so does one with
+                                   attention dropout, which FlexAttention lacks);
+                           sdpa:   scattered back to [B, L] for one masked SDPA call and gathered
+                                   again (the fastest on CPU: docs/benchmarks.md "Unpadded attention").
 Rotary embeddings (cos, sin) for a theta are computed once per context, in the same layout.
 """
 from __future__ import annotations
@@ -25,7 +32,7 @@ import torch.nn.functional as F
 
 from .layout import IGNORE_INDEX, batch_layout, default_positions, example_starts_mask, is_packed
 
-BACKENDS = ("auto", "sdpa", "flash")
+BACKENDS = ("auto", "sdpa", "flash", "varlen")
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,12 +52,17 @@ def flash_varlen():
 
 
 def backend_choice(name: str, unpad: bool, device: torch.device) -> tuple[str, str]:
-    """(the kernel a context on this device uses, why): "flash" only on CUDA with a working
-    flash_attn and unpadded rows; an explicit `flash` that cannot run is one clear error."""
+    """(the kernel a context on this device uses, why). auto: FlashAttention on CUDA where
+    flash_attn works, else PyTorch's varlen kernels on CUDA, masked SDPA on the CPU (measured
+    fastest there) and on padded rows. An explicit kernel that cannot run is one clear error."""
     if name not in BACKENDS:
         raise ValueError(f"model.attention_backend={name!r}: expected one of {BACKENDS}")
     if name == "sdpa":
         return "sdpa", "model.attention_backend=sdpa"
+    if name == "varlen":
+        if not unpad:
+            raise ValueError("model.attention_backend=varlen needs model.unpad=true")
+        return "varlen", "model.attention_backend=varlen: " + VARLEN_KERNELS
     if not unpad or device.type != "cuda":
         if name == "flash":
             raise ValueError("model.attention_backend=flash needs model.unpad=true and a CUDA device")
@@ -59,10 +71,13 @@ def backend_choice(name: str, unpad: bool, device: torch.device) -> tuple[str, s
     if kernel is None:
         if name == "flash":
             raise ValueError(f"model.attention_backend=flash: flash_attn does not import ({why}); "
-                             "install a wheel for this CUDA/torch (pip install 'bert-pretrain[flash]') or use auto/sdpa")
-        return "sdpa", (f"auto: flash_attn does not import ({why}); SDPA on re-padded rows with a "
-                        "block-diagonal mask instead")
+                             "install a wheel for this CUDA/torch (pip install 'bert-pretrain[flash]') or use auto/varlen")
+        return "varlen", f"auto: flash_attn does not import ({why}); " + VARLEN_KERNELS
     return "flash", "flash_attn varlen kernel on the real tokens"
+
+
+VARLEN_KERNELS = ("PyTorch's varlen kernels on the real tokens (nested-tensor SDPA for global attention, "
+                  "FlexAttention for local windows)")
 
 
 def resolve_backend(name: str, unpad: bool, device: torch.device) -> str:
@@ -114,7 +129,7 @@ class AttentionContext:
         if self.unpadded:
             self.indices = self._field("token_index")
             self.cu_seqlens = self._field("cu_seqlens")
-            if self.backend == "flash":
+            if self.backend in ("flash", "varlen"):
                 self.max_seqlen = int(self._field("max_seqlen"))
 
     def _field(self, name: str):
@@ -218,12 +233,69 @@ class AttentionContext:
             r = window // 2 if window else -1
             return flash_varlen()(q, k, v, self.cu_seqlens, self.cu_seqlens, self.max_seqlen, self.max_seqlen,
                                   dropout_p=dropout_p, causal=False, window_size=(r, r))
+        if self.unpadded and self.backend == "varlen":
+            if not window or window // 2 >= self.max_seqlen - 1:   # the window covers every example
+                return self._nested_attend(q, k, v, dropout_p)
+            if dropout_p == 0.0 and (q.device.type == "cuda" or not (torch.is_grad_enabled() and q.requires_grad)):
+                return self._flex_attend(q, k, v, window)
         if self.unpadded:
             q, k, v = (self.to_padded(t) for t in (q, k, v))
         out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=self.mask(window), dropout_p=dropout_p)
         out = out.transpose(1, 2)
         return self.to_layout(out) if self.unpadded else out
+
+    def _nested_attend(self, q, k, v, dropout_p: float) -> torch.Tensor:
+        """Global attention within each example: SDPA on jagged tensors over cu_seqlens (no mask,
+        no padding; the sizes come from the layout, so nothing is read back from the device)."""
+        if "offsets" not in self._masks:
+            self._masks["offsets"] = self.cu_seqlens.long()
+        offsets = self._masks["offsets"]
+
+        def jagged(t):
+            # SDPA wants each jagged input contiguous in [T, heads, d] (q, k, v are strided views).
+            return torch.nested.nested_tensor_from_jagged(t.contiguous(), offsets=offsets, min_seqlen=1,
+                                                          max_seqlen=self.max_seqlen).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(jagged(q), jagged(k), jagged(v), dropout_p=dropout_p)
+        return out.transpose(1, 2).values()
+
+    def _flex_attend(self, q, k, v, window: int) -> torch.Tensor:
+        """Local-window attention within each example: FlexAttention over the real tokens as one
+        sequence, with a block mask (same example and |i - j| <= window // 2) that lets the
+        kernel skip every block outside it."""
+        key = ("flex", window)
+        if key not in self._masks:
+            self._masks[key] = _window_block_mask(self._token_example(), self.token_positions(), window // 2)
+        out = _flex_kernel(q.device)(q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+                                     block_mask=self._masks[key])
+        return out[0].transpose(0, 1)
+
+    def _token_example(self) -> torch.Tensor:
+        """[T] int32: the example index of every real token (from cu_seqlens, no sync)."""
+        t = self.indices.shape[0]
+        starts = torch.zeros(t, dtype=torch.int32, device=self.device)
+        starts.index_fill_(0, self.cu_seqlens[1:-1].long(), 1)
+        return torch.cumsum(starts, 0, dtype=torch.int32)
+
+
+def _window_block_mask(example: torch.Tensor, positions: torch.Tensor, radius: int):
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    def inside(b, h, q_idx, kv_idx):
+        return (example[q_idx] == example[kv_idx]) & ((positions[q_idx] - positions[kv_idx]).abs() <= radius)
+
+    t = example.shape[0]
+    return create_block_mask(inside, None, None, t, t, device=example.device, _compile=example.device.type == "cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def _flex_kernel(device: torch.device):
+    """flex_attention, compiled where it runs as a fused kernel (CUDA; one compile for every
+    token count, dynamic shapes); eager elsewhere (a reference implementation, forward only)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=True) if device.type == "cuda" else flex_attention
 
 
 def _rotary_tables(positions: torch.Tensor, theta: float, head_dim: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -34,8 +34,10 @@ class ModelConfig:
     init_from: Optional[str] = None     # HF-format directory to start from (continued pretraining)
     # How attention runs (every architecture): on the real tokens only (unpad=true: the batch's
     # tokens flattened, sequences delimited by cu_seqlens) or on padded rows with a mask.
-    # attention_backend: auto = FlashAttention varlen on CUDA when flash_attn is installed and
-    # unpad is on, else torch's scaled_dot_product_attention; "sdpa" / "flash" force one.
+    # attention_backend (pretrain/model/attention.py): auto = on CUDA with unpad, FlashAttention's
+    # varlen kernel where flash_attn works, else "varlen" (PyTorch's own kernels on the real
+    # tokens: nested-tensor SDPA, FlexAttention for local windows); on the CPU and on padded
+    # rows "sdpa" (masked scaled_dot_product_attention). "sdpa" / "flash" / "varlen" force one.
     unpad: bool = True
     attention_backend: str = "auto"
     # ModernBERT-style models (pre-LN, bias-free, GeGLU, rotary, alternating attention).

@@ -35,10 +35,12 @@ def host_syncs_forbidden():
             setattr(owner, name, original)
 
 
-def cfg_for(arch, unpad):
+def cfg_for(arch, attention):
+    """attention: padded | unpadded (masked SDPA on re-padded rows) | varlen (nested SDPA)."""
+    kw = dict(unpad=attention != "padded", attention_backend="varlen" if attention == "varlen" else "sdpa")
     if arch == "modernbert":
-        return modern_cfg(sentence_head="sop", unpad=unpad)
-    return tiny_cfg(arch, unpad=unpad, hidden_dropout=0.0, attention_dropout=0.0)
+        return modern_cfg(sentence_head="sop", **kw)
+    return tiny_cfg(arch, hidden_dropout=0.0, attention_dropout=0.0, **kw)
 
 
 def batch_for(cfg, packed: bool) -> dict:
@@ -63,10 +65,10 @@ def step(model, batch, cfg_obj):
 
 
 @pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("attention", ["padded", "unpadded", "varlen"])
 @pytest.mark.parametrize("arch", ["bert", "modernbert"])
-def test_training_step_makes_no_host_sync_and_matches_the_computed_layout(arch, unpad, packed):
-    cfg = cfg_for(arch, unpad)
+def test_training_step_makes_no_host_sync_and_matches_the_computed_layout(arch, attention, packed):
+    cfg = cfg_for(arch, attention)
     torch.manual_seed(0)
     model = build_model(cfg).train()
     batch = batch_for(cfg, packed)

@@ -11,7 +11,16 @@ SEQ = 16
 ROWS = [[5, 7, 3], [9, 6], [16]]   # example lengths per row: a full row, and a row with a pad tail
 
 
+# How attention runs: padded rows with a mask; the real tokens with masked SDPA on re-padded rows
+# (the CPU default); the real tokens with PyTorch's varlen kernels (nested SDPA; FlexAttention for
+# local windows where no gradient is needed on the CPU).
+ATTENTION = {"padded": dict(unpad=False), "unpadded": dict(unpad=True, attention_backend="sdpa"),
+             "varlen": dict(unpad=True, attention_backend="varlen")}
+
+
 def cfg_for(arch: str, **kw):
+    if "attention" in kw:
+        kw.update(ATTENTION[kw.pop("attention")])
     if arch == "modernbert":
         return modern_cfg(sentence_head="sop", **kw)
     return tiny_cfg(arch, hidden_dropout=0.0, attention_dropout=0.0, max_position_embeddings=32, **kw)
@@ -38,12 +47,12 @@ def places():
 ARCHS = ["bert", "albert", "modernbert"]
 
 
-@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_packed_example_equals_the_example_alone(arch, unpad):
+def test_packed_example_equals_the_example_alone(arch, attention):
     """No token sees another example: each packed example's MLM and sentence logits equal those
     of the example run alone in its own padded row."""
-    cfg = cfg_for(arch, unpad=unpad)
+    cfg = cfg_for(arch, attention=attention)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     batch = packed(cfg)
@@ -61,14 +70,14 @@ def test_packed_example_equals_the_example_alone(arch, unpad):
         assert torch.equal(out.mlm_labels[mine], ref.mlm_labels)
 
 
-@pytest.mark.parametrize("unpad", [False, True])
+@pytest.mark.parametrize("attention", ATTENTION)
 @pytest.mark.parametrize("arch", ARCHS)
-def test_changing_one_example_leaves_the_others_unchanged(arch, unpad):
+def test_changing_one_example_leaves_the_others_unchanged(arch, attention):
     """Padded and unpadded attention, with the loader's layout in the batch: the logits of the
     masked positions of every other example stay exactly as they were."""
     from pretrain.model.layout import LAYOUT_KEYS, batch_layout
 
-    cfg = cfg_for(arch, unpad=unpad)
+    cfg = cfg_for(arch, attention=attention)
     model = build_model(cfg).eval()
     batch = packed(cfg)
     batch["labels"] = torch.where(batch["attention_mask"].bool(), batch["input_ids"], -100)  # every real token
@@ -87,12 +96,13 @@ def test_changing_one_example_leaves_the_others_unchanged(arch, unpad):
     assert not torch.allclose(a[changed], b[changed])
 
 
+@pytest.mark.parametrize("backend", ["sdpa", "varlen"])
 @pytest.mark.parametrize("packed_rows", [False, True])
 @pytest.mark.parametrize("arch", ARCHS)
-def test_unpadded_equals_padded_outputs_and_gradients(arch, packed_rows):
+def test_unpadded_equals_padded_outputs_and_gradients(arch, packed_rows, backend):
     torch.manual_seed(0)
     padded = build_model(cfg_for(arch, unpad=False)).train()
-    unpadded = build_model(cfg_for(arch, unpad=True)).train()
+    unpadded = build_model(cfg_for(arch, unpad=True, attention_backend=backend)).train()
     unpadded.load_state_dict(padded.state_dict())
     cfg = padded.cfg
     batch = packed(cfg) if packed_rows else tiny_batch(cfg, seq=SEQ)
@@ -149,3 +159,24 @@ def test_pipeline_form_of_packed_rows_equals_forward():
     torch.testing.assert_close(x.mlm_logits, ref.mlm_logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(x.sentence_logits, ref.sentence_logits, rtol=0, atol=1e-5)
     assert torch.equal(x.sentence_index, ref.sentence_index)
+
+
+def test_varlen_local_windows_run_flex_attention_where_no_gradient_is_needed(monkeypatch):
+    """model.attention_backend=varlen: ModernBERT's local layers attend through FlexAttention with
+    a document + window block mask (one per forward, shared by the local layers) and give the
+    masked-SDPA path's logits; on the CPU only without gradients (FlexAttention has no CPU backward)."""
+    from pretrain.model import attention
+
+    radii = []
+    real = attention._window_block_mask
+    monkeypatch.setattr(attention, "_window_block_mask", lambda *a: radii.append(a[2]) or real(*a))
+    torch.manual_seed(0)
+    reference = build_model(cfg_for("modernbert", attention="unpadded")).eval()
+    varlen = build_model(cfg_for("modernbert", attention="varlen")).eval()
+    varlen.load_state_dict(reference.state_dict())
+    batch = packed(reference.cfg)
+    with torch.no_grad():
+        a, b = run_packed(reference, batch), run_packed(varlen, batch)
+    assert radii == [2]                              # window 4 -> |i - j| <= 2, one mask per forward
+    torch.testing.assert_close(b.mlm_logits, a.mlm_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.sentence_logits, a.sentence_logits, rtol=0, atol=1e-5)
