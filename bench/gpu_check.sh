@@ -8,8 +8,11 @@
 # into a --target folder: nothing of the machine's Python changes) -> pytest -m cuda tests/cuda ->
 # bert-base seq 128, bf16 ZeRO-2 through pretrain-launch (1 rank): kill -9 once a checkpoint is
 # published, relaunch (must say "resumed from step"), finish, export, fill-mask -> bert-base seq 512
-# (speed) -> transformers' BertForPreTraining and our model at both shapes in one process
-# (bench/step_compare.py) -> results.
+# (speed) -> transformers' BertForPreTraining / ModernBertForMaskedLM and our bert-base /
+# modernbert-base at seq 128 and 512 in one process (bench/step_compare.py) -> the attention paths
+# (padded, masked SDPA, PyTorch varlen) of both models at seq 512 (bench/attention.py) -> results.
+# The whole check has a budget (BUDGET_S: 450 s on a GPU, 170 s dry): a step gets what is left of
+# it at most, and one that cannot start in time is a failed step, named in the log.
 # Results go to $OUT (default ./gpu_check_out): gpu_check.md (table), gpu_check.json (all numbers),
 # gpu_check.log (every command's output), steps.tsv (step, rc, seconds). A failing step is
 # recorded and the script goes on; the exit code is the number of failed steps (98: GPU mode
@@ -22,6 +25,7 @@ MODE=gpu
 OUT=${OUT:-$REPO/gpu_check_out}
 mkdir -p "$OUT"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_check.XXXXXX")
+[ "${KEEP_WORK:-0}" = 1 ] || trap 'rm -rf "$WORK"' EXIT   # corpus, shards, runs: KEEP_WORK=1 keeps them
 LOG=$OUT/gpu_check.log
 : > "$LOG"
 printf 'step\trc\tseconds\n' > "$OUT/steps.tsv"
@@ -33,13 +37,15 @@ if [ "$MODE" = gpu ]; then
     SITE=$WORK/site
     export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
     unset DS_ACCELERATOR                  # DeepSpeed finds CUDA by itself
-    MODEL=bert-base SEQ_A=128 SEQ_B=512 MICRO_A=128 MICRO_B=32 STEPS=120 CKPT=40 LOG_EVERY=10
-    VOCAB=30522 BENCH_STEPS=20 WORKERS=6 LIMIT=420 FILL_DEVICE=0
+    MODEL=bert-base MODERN=modernbert-base SEQ_A=128 SEQ_B=512 MICRO_A=128 MICRO_B=32 STEPS=120 CKPT=40
+    LOG_EVERY=10 VOCAB=30522 BENCH_STEPS=10 WORKERS=6 LIMIT=240 FILL_DEVICE=0 BUDGET_S=${BUDGET_S:-450}
+    ATTENTION="--device cuda --dtype bf16 --models bert-base,modernbert-base --seq 512 --rows 32 --steps 6"
 else
     PY=${PYTHON:-$REPO/.venv/bin/python}
     export DS_ACCELERATOR=${DS_ACCELERATOR:-cpu}
-    MODEL=bert-tiny SEQ_A=32 SEQ_B=64 MICRO_A=8 MICRO_B=4 STEPS=12 CKPT=4 LOG_EVERY=2
-    VOCAB=2000 BENCH_STEPS=2 WORKERS=1 LIMIT=600 FILL_DEVICE=cpu
+    MODEL=bert-tiny MODERN=modernbert-tiny SEQ_A=32 SEQ_B=64 MICRO_A=8 MICRO_B=4 STEPS=12 CKPT=4 LOG_EVERY=2
+    VOCAB=2000 BENCH_STEPS=2 WORKERS=1 LIMIT=120 FILL_DEVICE=cpu BUDGET_S=${BUDGET_S:-170}
+    ATTENTION="--device cpu --models bert-tiny,modernbert-tiny --seq 32 --rows 8 --steps 2"
 fi
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false WANDB_MODE=disabled HF_HUB_OFFLINE=1
 
@@ -47,9 +53,19 @@ log() { echo "[gpu_check +$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
 
 step() {  # step NAME TIMEOUT_S CMD...: run (functions too), log, record; on timeout kill the whole tree
     local name=$1 limit=$2; shift 2
-    local t rc pid
+    local t rc pid left
     t=$(date +%s)
-    log "== $name: $*"
+    left=$(( BUDGET_S - (t - T0) ))
+    if [ "$name" != results ]; then      # the results are always written
+        if [ "$left" -lt 5 ]; then
+            log "!! $name not run: the check's ${BUDGET_S}s budget is spent"
+            printf '%s\t%s\t%s\n' "$name" "budget" 0 >> "$OUT/steps.tsv"
+            FAILED=$((FAILED + 1))
+            return 1
+        fi
+        [ "$left" -lt "$limit" ] && limit=$left
+    fi
+    log "== $name (deadline ${limit}s): $*"
     ( "$@" ) >> "$LOG" 2>&1 &
     pid=$!
     # The watchdog's own `sleep` dies with it (the TERM trap), so no sleep outlives the step.
@@ -99,7 +115,8 @@ install_offline() {
 
 check_wheelhouse() {  # dry run: every wheel the GPU machine needs is there, for cp312 manylinux x86_64
     local wheels=$REPO/bench/wheelhouse
-    [ -d "$wheels" ] || { echo "no $wheels: run bash bench/gpu_wheels.sh"; return 1; }
+    # Not built here (a clean clone, CI): nothing to check; the GPU run itself stops without it (99).
+    [ -d "$wheels" ] || { echo "no $wheels: not checked (make gpu-wheels builds it; the GPU run needs it)"; return 0; }
     "$PY" -m pip download -q --no-index --find-links "$wheels" --no-deps --only-binary=:all: --python-version 3.12 \
         --implementation cp --abi cp312 --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
         --platform manylinux_2_28_x86_64 -d "$WORK/wheel-check" deepspeed webdataset braceexpand hydra-core \
@@ -159,7 +176,7 @@ cuda_tests() {  # pytest -m cuda: on a GPU every collected test must pass (none 
     local collected passed
     collected=$("$PY" -m pytest -q --collect-only -m cuda tests/cuda -p no:cacheprovider -o addopts= 2>/dev/null \
         | grep -c '::')
-    "$PY" -m pytest -q -m cuda tests/cuda -p no:cacheprovider -o addopts= -rs | tee "$WORK/pytest-cuda.out"
+    "$PY" -m pytest -q -m cuda tests/cuda -p no:cacheprovider -o addopts= -rsP | tee "$WORK/pytest-cuda.out"
     [ "${PIPESTATUS[0]}" -eq 0 ] || return 1
     [ "$MODE" = gpu ] || return 0                 # the dry run only checks that they collect and run
     passed=$(grep -Eo '[0-9]+ passed' "$WORK/pytest-cuda.out" | tail -1 | cut -d' ' -f1)
@@ -167,11 +184,11 @@ cuda_tests() {  # pytest -m cuda: on a GPU every collected test must pass (none 
         echo "expected all $collected CUDA tests to pass on the GPU, ${passed:-0} passed"; return 1; }
 }
 
-compare() {  # compare SEQ MICRO: transformers vs ours, plain torch, same process
+compare() {  # compare PRESET SEQ MICRO: transformers vs ours, plain torch, same process
     local vocab
     vocab=$("$PY" -c "import sys; from pretrain.shardformat import load_manifest; print(load_manifest(sys.argv[1]).vocab_size)" "$WORK/shards")
-    "$PY" bench/step_compare.py --preset $MODEL --seq "$1" --batch "$2" --vocab "$vocab" --steps $BENCH_STEPS \
-        | tee "$WORK/compare-$1.jsonl"
+    "$PY" bench/step_compare.py --preset "$1" --seq "$2" --batch "$3" --vocab "$vocab" --steps $BENCH_STEPS \
+        | tee "$WORK/compare-$1-$2.jsonl"
     [ "${PIPESTATUS[0]}" -eq 0 ]
 }
 
@@ -197,8 +214,12 @@ step "train-$SEQ_A-resume" $LIMIT resumed_run
 step fill-mask 180 fill_mask
 step "train-$SEQ_B" $LIMIT launch base512 "$WORK/shards-long" "$SEQ_B" "$MICRO_B" $(( STEPS / 2 )) \
     trainer.checkpoint_every=100000 trainer.export_on_finish=false
-step "compare-$SEQ_A" 300 compare "$SEQ_A" "$MICRO_A"
-step "compare-$SEQ_B" 300 compare "$SEQ_B" "$MICRO_B"
+step "compare-$MODEL-$SEQ_A" 120 compare $MODEL "$SEQ_A" "$MICRO_A"
+step "compare-$MODEL-$SEQ_B" 120 compare $MODEL "$SEQ_B" "$MICRO_B"
+step "compare-$MODERN-$SEQ_A" 120 compare $MODERN "$SEQ_A" "$MICRO_A"
+step "compare-$MODERN-$SEQ_B" 120 compare $MODERN "$SEQ_B" "$MICRO_B"
+# shellcheck disable=SC2086  # ATTENTION is a list of options
+step attention 150 "$PY" bench/attention.py $ATTENTION --json "$WORK/attention.json"
 step results 120 "$PY" bench/gpu_results.py --work "$WORK" --out "$OUT" --mode $MODE \
     --run "kill128:$SEQ_A:$MICRO_A" --run "base512:$SEQ_B:$MICRO_B"
 log "done in $(( $(date +%s) - T0 ))s, $FAILED failed step(s); results in $OUT"

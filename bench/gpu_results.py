@@ -4,7 +4,8 @@ pretrain-launch runs: medians over the logged intervals (every 10 steps) after t
 of the run (CUDA warm-up, allocator growth); `tokens_per_s` counts non-padding tokens (what the
 trainer logs), `positions_per_s` = samples/s x seq (what the GPU computes, padding included);
 MFU is the trainer's (model FLOPs / peak of the precision in use: the spec table for a known GPU).
-step_compare: one JSON line per implementation (bench/step_compare.py).
+step_compare: one JSON line per implementation (bench/step_compare.py); attention: the rows of
+bench/attention.py (step time of each attention path, one-example and packed rows).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
         "killed": next(iter(re.findall(r"^kill -9 of .*$", log, re.M)), None),
         "fill_mask": re.findall(r"^.*\[MASK\].* -> .*$", log, re.M),
         "pytest": next(iter(re.findall(r"^=*\s*(\d+ (?:passed|failed|skipped).*?)\s*=*$", log, re.M)), None),
-        "runs": {}, "compare": [],
+        "runs": {}, "compare": [], "attention": None,
     }
     for spec in args.run:
         name, seq, micro = spec.split(":")
@@ -74,6 +75,9 @@ def main(argv=None) -> int:
             for line in open(os.path.join(args.work, path)):
                 if line.startswith("{") and '"impl"' in line:
                     result["compare"].append(json.loads(line))
+    attention = os.path.join(args.work, "attention.json")
+    if os.path.isfile(attention):
+        result["attention"] = json.load(open(attention))
     # MFU against the measured matmul as well as against the peak the trainer used (spec for a known GPU)
     peak = re.match(r"([\d.]+) TFLOP/s", result["mfu_peak"] or "")
     measured = re.match(r"([\d.]+) GFLOP/s", result["measured_matmul"] or "")
@@ -101,11 +105,21 @@ def main(argv=None) -> int:
                      f"{fmt(r['tokens_per_s'], ',.0f')} | {fmt(r['positions_per_s'], ',.0f')} | {fmt(r['mfu'], '.1%')} | "
                      f"{fmt(r.get('mfu_vs_measured_matmul'), '.1%')} | "
                      f"{fmt(r['peak_mem_gb'], '.1f')} | {fmt(r['data_wait'], '.1%')} | {fmt(r['eval_mlm_acc'], '.3f')} |")
-    lines += ["", "| plain torch, bf16 autocast | seq | batch | step s | tokens/s | MFU | MFU vs measured matmul | peak mem GB |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "| plain torch, bf16 autocast | model | seq | batch | step s | tokens/s | MFU | MFU vs measured matmul | peak mem GB |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for c in result["compare"]:
-        lines.append(f"| {c['impl']} | {c['seq']} | {c['batch']} | {c['step_s']:.4f} | {c['tokens_per_s']:,.0f} | "
+        lines.append(f"| {c['impl']} | {c['preset']} | {c['seq']} | {c['batch']} | {c['step_s']:.4f} | {c['tokens_per_s']:,.0f} | "
                      f"{c['mfu']:.1%} | {fmt(c.get('mfu_vs_measured_matmul'), '.1%')} | {fmt(c['peak_mem_gb'], '.1f')} |")
+    if result["attention"]:
+        att = result["attention"]
+        paths = [k[:-2] for k in att["rows"][0] if k.endswith("_s") and not k.endswith("_per_s")] if att["rows"] else []
+        lines += ["", f"Attention paths, our model, plain torch step ({att['machine'].get('dtype')}; bench/attention.py):", "",
+                  "| model | rows | fill | " + " | ".join(f"{p} step s" for p in paths) + " | "
+                  + " | ".join(f"{p} vs {paths[0]}" for p in paths[1:]) + " |",
+                  "|---|---|---|" + "---|" * (2 * len(paths) - 1)]
+        for r in att["rows"]:
+            lines.append(f"| {r['model']} | {r['rows']} | {r['fill']:.2f} | " + " | ".join(f"{r[p + '_s']:.4f}" for p in paths)
+                         + " | " + " | ".join(f"{r[paths[0] + '_s'] / r[p + '_s']:.2f}x" for p in paths[1:]) + " |")
     lines += ["", "fill-mask (exported model):", *[f"    {x}" for x in result["fill_mask"]], "",
               "| step | rc | seconds |", "|---|---|---|", *[f"| {s['step']} | {s['rc']} | {s['seconds']} |" for s in steps]]
     with open(os.path.join(args.out, "gpu_check.md"), "w") as f:

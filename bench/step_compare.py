@@ -1,14 +1,16 @@
-"""One training step of transformers' BertForPreTraining vs our PretrainingModel at the same shape,
-in the same process, on the device this runs on (bench/gpu_check.sh calls it next to the real
-pretrain-launch runs).
+"""One training step of transformers' model vs our PretrainingModel at the same shape, in the same
+process, on the device this runs on (bench/gpu_check.sh calls it next to the real pretrain-launch
+runs): BertForPreTraining for bert presets (MLM + NSP), ModernBertForMaskedLM for modernbert
+presets (MLM; both with transformers' default attention there, SDPA).
 
 Both: weights fp32, forward/backward under bf16 autocast, torch AdamW (fused on CUDA), 15% MLM
-labels + a sentence label, full-length sequences (no padding); one implementation after the
+labels (+ a sentence label for BERT), full-length sequences (no padding); one implementation after the
 other, so each one's peak memory is its own (median step after warm-up: clocks settle). Prints one JSON line per implementation: step seconds (median),
 tokens/s (batch x seq / step), MFU = model FLOPs (pretrain/model/flops.py, the same count for
 both) / step / peak, peak memory (CUDA: max_memory_allocated).
 
 usage: python bench/step_compare.py --preset bert-base --seq 128 --batch 128 --vocab 30522 --steps 20
+       python bench/step_compare.py --preset modernbert-base --seq 512 --batch 32
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def model_config(preset: str, vocab: int):
     from pretrain.model import ModelConfig
 
     fields = OmegaConf.to_container(OmegaConf.load(os.path.join(os.path.dirname(conf.__file__), "model", f"{preset}.yaml")))
-    fields.update(vocab_size=vocab, hidden_dropout=0.0, attention_dropout=0.0, sentence_head="nsp")
+    fields.update(vocab_size=vocab, hidden_dropout=0.0, attention_dropout=0.0,
+                  sentence_head="none" if fields.get("arch") == "modernbert" else "nsp")
     return ModelConfig(**fields)
 
 
@@ -46,7 +49,7 @@ def batch(cfg, size: int, seq: int, device: torch.device, seed: int = 0) -> dict
 
 def make_step(name: str, cfg, data: dict, device: torch.device):
     """A closure doing one training step of implementation `name` (its model and optimizer live in it)."""
-    from transformers import BertForPreTraining
+    from transformers import BertForPreTraining, ModernBertForMaskedLM
 
     from pretrain.hf.convert import to_hf_config
     from pretrain.model import build_model
@@ -57,7 +60,10 @@ def make_step(name: str, cfg, data: dict, device: torch.device):
     if name == "transformers":
         hf_config = to_hf_config(cfg)
         hf_config._attn_implementation = "sdpa"
-        model = BertForPreTraining(hf_config).to(device)
+        hf_class = ModernBertForMaskedLM if cfg.arch == "modernbert" else BertForPreTraining
+        model = hf_class(hf_config).to(device)
+        if cfg.arch == "modernbert":
+            data = {k: data[k] for k in ("input_ids", "attention_mask", "labels")}
     else:
         model = build_model(cfg).to(device)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-4, **fused)
@@ -69,7 +75,8 @@ def make_step(name: str, cfg, data: dict, device: torch.device):
             else:
                 out = model(data["input_ids"], data["token_type_ids"], data["attention_mask"], data["labels"])
                 loss = ce(out.mlm_logits.float(), out.mlm_labels, ignore_index=-100)
-                loss = loss + ce(out.sentence_logits.float(), data["next_sentence_label"])
+                if out.sentence_logits is not None:
+                    loss = loss + ce(out.sentence_logits.float(), data["next_sentence_label"])
         loss.backward()
         optim.step()
         optim.zero_grad(set_to_none=True)

@@ -25,13 +25,16 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(scenario: str, tmp_path: Path, timeout: int = 300) -> dict:
+def _torchrun(scenario: str, tmp_path: Path, timeout: int = 300, worker: Path = HERE / "_cuda_worker.py") -> dict:
+    """Run `worker SCENARIO OUT` under torchrun at world 1 on the GPU; its JSON result (the
+    engine-scenario worker of tests/parallel takes a directory and writes SCENARIO.json there)."""
+    parallel_worker = worker.name == "_worker.py"
     out = tmp_path / f"{scenario}.json"
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
     env.pop("DS_ACCELERATOR", None)  # DeepSpeed must find CUDA by itself
     env["PYTHONPATH"] = f"{ROOT}{os.pathsep}{env.get('PYTHONPATH', '')}"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "--master_addr", "127.0.0.1",
-           "--master_port", str(_port()), str(HERE / "_cuda_worker.py"), scenario, str(out)]
+           "--master_port", str(_port()), str(worker), scenario, str(tmp_path if parallel_worker else out)]
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-6000:]
     return json.loads(out.read_text())
@@ -53,6 +56,16 @@ def test_bf16_zero2_engine_steps_on_the_gpu_with_adamw_and_lamb(tmp_path):
         assert losses[-1] < losses[0], (optim, losses)  # the same batch again: it must fit it
         assert r[optim]["param_device"].startswith("cuda") and r[optim]["param_dtype"] == "torch.bfloat16"
     assert r["max_memory_gb"] > 0
+
+
+def test_lamb_trust_ratios_are_per_tensor_under_zero_on_the_gpu(tmp_path):
+    """LAMB under ZeRO 1-3 on the GPU (flat partitions, fragment mapping) equals ZeRO-0's per-tensor
+    LAMB after one step, and over 20 steps (the CPU test's scenario, at world 1 on CUDA)."""
+    r = _torchrun("lamb", tmp_path, worker=ROOT / "tests" / "parallel" / "_worker.py")
+    for stage in (1, 2, 3):
+        assert r[f"zero{stage}_one_step_rel"] < 1e-5, (stage, r)
+        assert r[f"zero{stage}"] == pytest.approx(r["zero0"], rel=1e-3), stage
+    assert r["zero0"][-1] < r["zero0"][0]
 
 
 def test_lamb_on_the_gpu_never_syncs_with_the_host_and_matches_the_reference():
