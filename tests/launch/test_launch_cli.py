@@ -35,14 +35,29 @@ def _launch(tmp_path, *args, data=None):
         (["run.name=x", "parallel.zero_stage=1", "parallel.offload_params=true"], "offload_params"),
     ],
 )
-def test_bad_config_is_one_line_error(tmp_path, tiny_data, args, needle):
+def test_bad_config_is_one_line_error(tmp_path, tiny_data, args, needle, monkeypatch, capsys):
+    """In-process (the CLI's own entry point, as the console script calls it): config errors are
+    found before any process starts, so a subprocess per case would only add start-up time."""
+    import launch.train
+
     has_data = any(a.startswith("data.path=") for a in args)
-    result = _launch(tmp_path, *args, data=None if has_data else tiny_data)
-    assert result.returncode != 0
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0] and "Traceback" not in result.stderr
+    overrides = [*args, *([] if has_data else [f"data.path={tiny_data}"])]
+    monkeypatch.setattr(sys, "argv", ["pretrain-launch", f"run.root={tmp_path}/runs", *COMMON, *overrides])
+    with pytest.raises(SystemExit) as exit_:
+        launch.train.main()
+    assert exit_.value.code not in (0, None)
+    stderr = capsys.readouterr().err
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert needle in lines[0] and "Traceback" not in stderr
     assert not os.path.exists(tmp_path / "runs" / "x" / "checkpoints")
+
+
+def test_the_cli_process_reports_a_bad_config_in_one_line_and_exit_code_2(tmp_path):
+    result = _launch(tmp_path, "run.name=x", "data.path=/no/such/dir")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pretrain-launch: error: config key 'data.path' = '/no/such/dir': no such directory (run pretrain-prepare first)"]
 
 
 def test_dry_run_prints_config_and_command_and_starts_nothing(tmp_path, tiny_data):
