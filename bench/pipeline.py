@@ -116,7 +116,7 @@ def worker(spec: dict) -> dict:
     from parallel.topology import all_gather_object, barrier, detect
     from pretrain.data.config import ObjectiveConfig
     from pretrain.model import ModelConfig, build_model
-    from pretrain.objectives import pretraining_loss
+    from pretrain.objectives import build_objective
 
     torch.set_num_threads(1)
     stages, micro, m_global = spec["stages"], spec["micro"], spec["m"]
@@ -127,12 +127,7 @@ def worker(spec: dict) -> dict:
     model = build_model(ModelConfig(**cfg))
     gas = m_global // topo.dp_size
     encoder_total = encoder_params(model)  # before the engine releases other stages' layers
-    objective = ObjectiveConfig()
-
-    def loss_fn(out, batch, norm, sentence_normalizer=None):
-        return pretraining_loss(out, batch, norm, objective, sentence_normalizer=sentence_normalizer)
-
-    engine = build_engine(model, loss_fn, ParallelConfig(zero_stage=spec["zero"], pipeline_stages=stages,
+    engine = build_engine(model, build_objective(ObjectiveConfig(sentence_task=model.cfg.sentence_head), model.cfg), ParallelConfig(zero_stage=spec["zero"], pipeline_stages=stages,
                                                          pipeline_partition=spec.get("partition", "parameters")),
                           PrecisionConfig(dtype=spec.get("dtype", "fp32")), OptimConfig(lr=1e-4),
                           ScheduleConfig(name="constant"), total_steps=100, micro_batch_size=micro,

@@ -9,7 +9,7 @@ import math
 import sys
 from pathlib import Path
 
-from pretrain.tracking.reader import KNOWN_METRICS, PLOT_DEFAULT, MetricsError, RunCurves, read_run
+from pretrain.tracking.reader import PLOT_TRAINER, TRAINER_METRICS, MetricsError, RunCurves, objective_metrics, read_run
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -24,18 +24,28 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _order(keys) -> list[str]:
-    """Known metrics in their canonical order, then anything else alphabetically."""
+def _order(keys, runs: list[RunCurves] = ()) -> list[str]:
+    """The trainer's metrics, then the runs' objective metrics, in their canonical order, then
+    anything else alphabetically."""
     keys = set(keys)
-    return [k for k in KNOWN_METRICS if k in keys] + sorted(keys - set(KNOWN_METRICS))
+    first = list(dict.fromkeys([*TRAINER_METRICS, *(m for r in runs for m in objective_metrics(r))]))
+    return [k for k in first if k in keys] + sorted(keys - set(first))
+
+
+def default_metrics(runs: list[RunCurves]) -> list[str]:
+    """The loss curves, every metric the runs' objectives declare (objective.json), and
+    fine-tuning's task metrics: whatever of them the runs logged."""
+    present = set().union(*(r.curves for r in runs))
+    wanted = [*PLOT_TRAINER[:2], *(m for r in runs for m in objective_metrics(r)), *PLOT_TRAINER[2:]]
+    return [m for m in dict.fromkeys(wanted) if m in present]
 
 
 def choose_metrics(runs: list[RunCurves], spec: str | None) -> list[str]:
     present = set().union(*(r.curves for r in runs))
     if spec is None:
-        return [m for m in PLOT_DEFAULT if m in present]
+        return default_metrics(runs)
     if spec.strip() == "all":
-        return _order(present)
+        return _order(present, runs)
     wanted = [m.strip() for m in spec.split(",") if m.strip()]
     missing = [m for m in wanted if m not in present]
     if missing:
@@ -89,10 +99,11 @@ FINETUNE_ROWS = (("method", "method", str), ("trainable params", "trainable_para
 
 def table(runs: list[RunCurves]) -> str:
     """Rows = metrics (last value), plus last step and the best value of each run's main metric
-    (eval/mlm_acc for pretraining, the task metric for fine-tuning) and, for fine-tuning runs,
+    (the objective's primary metric for pretraining, from objective.json, e.g. eval/mlm_acc; the
+    task metric for fine-tuning) and, for fine-tuning runs,
     method, trainable parameters and bytes stored per task; one column per run."""
     rows: list[tuple[str, list[str]]] = [("last step", [str(r.last_step) for r in runs])]
-    for metric in _order(set().union(*(r.last for r in runs))):
+    for metric in _order(set().union(*(r.last for r in runs)), runs):
         rows.append((metric, [_fmt(r.last[metric][1]) if metric in r.last else "-" for r in runs]))
     for best_metric in dict.fromkeys(r.best_metric for r in runs):
         rows.append((f"best {best_metric}", [f"{_fmt(r.best[1])} @{r.best[0]}" if r.best and r.best_metric == best_metric

@@ -13,8 +13,23 @@ import sys
 import time
 
 PROG = "pretrain-status"
-SHOWN_METRICS = ("train/loss", "train/mlm_acc", "train/sop_acc", "train/lr", "train/tokens_per_s",
-                 "eval/loss", "eval/mlm_acc")
+# The trainer's own; the objective's `shown` metrics (objective.json) go after each loss.
+TRAIN_SHOWN = ("train/loss", "train/lr", "train/tokens_per_s")
+EVAL_SHOWN = ("eval/loss",)
+
+
+def shown_metrics(run) -> list[str]:
+    """train/loss, the objective's shown train metrics, lr, tokens/s, eval/loss, its shown eval
+    metrics (an older run without objective.json: its logged *_acc metrics)."""
+    from pretrain.tracking.reader import objective_metrics
+
+    if run.objective:
+        mine = list(run.objective.get("shown", []))
+        train, evals = [f"train/{m}" for m in mine], [f"eval/{m}" for m in mine]
+    else:
+        train = [m for m in objective_metrics(run, "train") if m.endswith("_acc")]
+        evals = [m for m in objective_metrics(run, "eval") if m.endswith("_acc")]
+    return [TRAIN_SHOWN[0], *train, *TRAIN_SHOWN[1:], *EVAL_SHOWN, *evals]
 
 
 def _ago(seconds: float) -> str:
@@ -55,7 +70,7 @@ def progress_lines(run_dir: str, cfg) -> list[tuple[str, str]]:
     except MetricsError as e:
         rows.append(("metrics", str(e)))
     else:
-        shown = [f"{k}={run.last[k][1]:.4g}" for k in SHOWN_METRICS if k in run.last]
+        shown = [f"{k}={run.last[k][1]:.4g}" for k in shown_metrics(run) if k in run.last]
         rows.append(("metrics", f"last logged step {run.last_step}: {' '.join(shown) or '(no known metrics)'}"))
         mtime = os.path.getmtime(run.path)
         rows.append(("", f"{run.path} updated {_ago(time.time() - mtime)}"))

@@ -7,7 +7,6 @@ masked-token count of the whole global batch and backpropagates loss * dp_world_
 """
 from __future__ import annotations
 
-import inspect
 import math
 from typing import Callable, Optional, Sequence
 
@@ -18,7 +17,7 @@ from .checkpoint import Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
 from .ds_init import initialize_deepspeed
-from .engine_base import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
+from .engine_base import MODEL_INPUTS, Engine, LossFn, batch_normalizers, global_normalizers, prepare_universal, scalar
 from .topology import Topology, all_reduce_sum, init_distributed
 
 
@@ -29,13 +28,10 @@ class DeepSpeedEngine(Engine):
         super().__init__(ds_engine, loss_fn, **kwargs)
         # DeepSpeed's plain (ZeRO-0, fp32) path clips but does not record the norm.
         self._own_grad_norm = self.parallel_cfg.zero_stage == 0 and self.precision_cfg.dtype == "fp32"
-        self._loss_takes_sentence_norm = "sentence_normalizer" in inspect.signature(loss_fn).parameters
 
-    def _forward_loss(self, batch: dict, mlm_norm: torch.Tensor, sent_norm: torch.Tensor):
+    def _forward_loss(self, batch: dict, normalizers: torch.Tensor):
         out = self.ds(**{k: batch[k] for k in self.model_inputs if k in batch})
-        if self._loss_takes_sentence_norm:
-            return self.loss_fn(out, batch, mlm_norm, sentence_normalizer=sent_norm)
-        return self.loss_fn(out, batch, mlm_norm)
+        return self.loss_fn(out, batch, normalizers)
 
     def _module_grad_norm(self) -> torch.Tensor:
         """Norm of the (already rank-averaged, pre-clipping) gradients after the last backward."""
@@ -68,7 +64,8 @@ class DeepSpeedEngine(Engine):
         """One optimizer step over `grad_accum` micro-batches (see the module docstring and
         Engine.train_step for `carry`).
 
-        If loss_fn accepts `sentence_normalizer`, it gets the global count of sentence labels.
+        The objective's normalizers are summed over the micro-batches and ranks first (one
+        all-reduce), so every micro-batch's loss divides by the global counts.
         The metrics are reduced over ranks before the last `ds.step()` (the one that updates), so
         the guard knows the global loss, and for ZeRO-0 fp32 the gradient norm, beforehand.
         """
@@ -76,7 +73,7 @@ class DeepSpeedEngine(Engine):
             raise ValueError(f"train_step got {len(micro_batches)} micro-batches, "
                              f"expected grad_accum={self.grad_accum}")
         batches = [self._to_device(b) for b in micro_batches]
-        mlm_norm, sent_norm = global_label_counts(batches, self.topo.device)
+        normalizers = global_normalizers(self.loss_fn, batches, self.topo.device)
         step, lr = self.global_step, self.lr
         skipped_before = int(getattr(self.ds, "skipped_steps", 0))
         self.ds.train()
@@ -84,7 +81,7 @@ class DeepSpeedEngine(Engine):
         stats_sum: dict = {}
         for micro, batch in enumerate(batches):
             self._seed(step, micro)
-            loss, stats = self._forward_loss(batch, mlm_norm, sent_norm)
+            loss, stats = self._forward_loss(batch, normalizers)
             self.ds.backward(loss * self.dp_world_size, scale_wrt_gas=False)
             loss_sum += loss.detach().double()
             for k, v in stats.items():   # kept on the device until the one all-reduce
@@ -109,10 +106,7 @@ class DeepSpeedEngine(Engine):
         b = self._to_device(batch)
         self.ds.eval()
         try:
-            mlm = (b["labels"] != IGNORE).sum().clamp_min(1).float()
-            sent = ((b["sentence_label"] != IGNORE).sum().clamp_min(1).float()
-                    if "sentence_label" in b else torch.ones((), device=self.topo.device))
-            loss, stats = self._forward_loss(b, mlm, sent)
+            loss, stats = self._forward_loss(b, batch_normalizers(self.loss_fn, b, self.topo.device))
         finally:
             self.ds.train()
         return {"loss": scalar(loss), **{k: scalar(v) for k, v in stats.items()}}

@@ -8,9 +8,15 @@ gradient-accumulation scaling, world-size changes on resume or RNG re-seeding. T
 implementations sit behind it, both on DeepSpeed:
   DeepSpeedEngine  (parallel/ds_engine.py)    data parallel, ZeRO 0-3, offload
   PipelineEngine   (parallel/pipe_engine.py)  pipeline stages x data parallel, ZeRO 0-1
-Loss semantics are the same for both: the loss a step optimizes is sum(CE over every masked
-token of the *global* batch) / global masked-token count, whatever the split into ranks, stages
-and micro-batches.
+Loss semantics are the same for both: the engine trains an *objective* (the `loss_fn` argument;
+pretrain/objectives/base.py), an object with
+  counts(batch) -> [K] float64   this micro-batch's share of the K global normalizers
+  loss_fields                    batch fields its loss reads besides the model output
+  __call__(output, batch, normalizers [K]) -> (loss, {stat: 0-dim sum})
+The engine sums `counts` over the step's micro-batches and every rank (one all-reduce before the
+forwards) and hands the totals (>= 1) to every micro-batch's loss, so a loss like sum(CE over
+every masked token of the *global* batch) / global masked-token count is exact whatever the split
+into ranks, stages and micro-batches. The engines know no objective's names.
 
 Checkpoints: `save` writes DeepSpeed's files plus `parallel_meta.json` (written last, lists every
 file with its size); `load` takes a `Resume` that `parallel.checkpoint.inspect_checkpoint` already
@@ -43,8 +49,7 @@ from .schedules import apply_progress
 from .update_guard import UpdateGuard, all_finite, everywhere
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids")
-IGNORE = -100
-LossFn = Callable[..., tuple]
+LossFn = Callable[..., tuple]   # an objective: callable, with counts() and loss_fields (above)
 
 
 def dropout_seed(seed: int, step: int, micro: int, rank: int) -> int:
@@ -53,19 +58,21 @@ def dropout_seed(seed: int, step: int, micro: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "little") & (2**63 - 1)
 
 
-def global_label_counts(batches: list[dict], device: torch.device, count_here: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Masked-token and sentence-label counts of the whole step, summed over every rank (the
-    loss normalisers). `count_here=False`: this rank's batches are counted by another rank (later
-    pipeline stages see their replica's batches too), it only joins the all-reduce."""
-    counts = torch.zeros(2, dtype=torch.float64, device=device)
+def global_normalizers(objective, batches: list[dict], device: torch.device, count_here: bool = True) -> torch.Tensor:
+    """The objective's normalizer counts for the whole step, summed over every rank, at least 1.
+    `count_here=False`: this rank's batches are counted by another rank (later pipeline stages see
+    their replica's batches too), it only joins the all-reduce."""
+    counts = torch.zeros(len(objective.normalizers), dtype=torch.float64, device=device)
     if count_here:
         for b in batches:
-            counts[0] += (b["labels"] != IGNORE).sum()
-            if "sentence_label" in b:
-                counts[1] += (b["sentence_label"] != IGNORE).sum()
+            counts += objective.counts(b).to(device=device, dtype=torch.float64)
     all_reduce_sum(counts)
-    counts = counts.clamp_min(1.0).float()
-    return counts[0], counts[1]
+    return counts.clamp_min(1.0).float()
+
+
+def batch_normalizers(objective, batch: dict, device: torch.device) -> torch.Tensor:
+    """One batch's own counts (evaluation: a per-batch loss; the summed stats are what count)."""
+    return objective.counts(batch).to(device=device, dtype=torch.float64).clamp_min(1.0).float()
 
 
 def scalar(value: Any) -> float:

@@ -25,7 +25,6 @@ the update), the gradient norm is measured (and for ZeRO-0 fp32 clipped), the Up
 from __future__ import annotations
 
 import hashlib
-import inspect
 import math
 from typing import Callable, Optional, Sequence
 
@@ -37,7 +36,7 @@ from .checkpoint import CheckpointError, Resume, model_signature
 from .config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig
 from .ds_config import build_ds_config, check_device_dtype, validate
 from .ds_init import initialize_deepspeed
-from .engine_base import IGNORE, MODEL_INPUTS, Engine, LossFn, global_label_counts, prepare_universal, scalar
+from .engine_base import MODEL_INPUTS, Engine, LossFn, batch_normalizers, global_normalizers, prepare_universal, scalar
 from .pipe_model import PipeLayout, build_pipeline_module, pipe_layout
 from .topology import Topology, all_gather_object, all_reduce_sum, init_distributed
 
@@ -45,36 +44,33 @@ from .topology import Topology, all_gather_object, all_reduce_sum, init_distribu
 class StageLoss:
     """The loss function DeepSpeed calls on the last stage: `(outputs, labels) -> scalar`.
 
-    Holds what the engine sets per step (global normalisers, scale) and collects the stats.
-    labels = (sentence_label,) from the micro-batch iterator.
+    Holds what the engine sets per step (the objective's global normalizers, scale) and collects
+    the stats. labels = the objective's `loss_fields` from the micro-batch iterator, in that order
+    (a field the batches lack travels as a 1-element placeholder and is left out of the batch).
     """
 
     def __init__(self, loss_fn: LossFn):
         self.loss_fn = loss_fn
-        self.has_sentence = True
-        self.takes_sentence_norm = "sentence_normalizer" in inspect.signature(loss_fn).parameters
+        self.fields: tuple[str, ...] = tuple(getattr(loss_fn, "loss_fields", ()))
+        self.present: tuple[str, ...] = self.fields
         self.training = True
-        self.mlm_norm = self.sent_norm = None
+        self.normalizers = None
         self.scale = 1.0
         self.losses: list[torch.Tensor] = []
         self.stats: list[dict] = []
 
-    def start(self, training: bool, has_sentence: bool, mlm_norm=None, sent_norm=None, scale: float = 1.0) -> None:
-        self.has_sentence = has_sentence
-        self.training, self.mlm_norm, self.sent_norm, self.scale = training, mlm_norm, sent_norm, scale
+    def start(self, training: bool, batch: dict, normalizers: torch.Tensor, scale: float = 1.0) -> None:
+        """`batch`: one of the step's batches (which loss fields it has)."""
+        self.present = tuple(k for k in self.fields if k in batch)
+        self.training, self.normalizers, self.scale = training, normalizers, scale
         self.losses, self.stats = [], []
 
+    def labels_of(self, batch: dict) -> tuple:
+        return tuple(batch[k] if k in self.present else torch.zeros(1, dtype=torch.long) for k in self.fields)
+
     def __call__(self, outputs, labels):
-        batch = {"sentence_label": labels[0]} if self.has_sentence else {}
-        if self.training:
-            mlm, sent = self.mlm_norm, self.sent_norm
-        else:  # eval: this batch's own counts (a per-batch loss; the stats are what count)
-            mlm = (outputs.mlm_labels != IGNORE).sum().clamp_min(1).float()
-            sent = (labels[0] != IGNORE).sum().clamp_min(1).float() if self.has_sentence else None
-        if self.takes_sentence_norm:
-            loss, stats = self.loss_fn(outputs, batch, mlm, sentence_normalizer=sent)
-        else:
-            loss, stats = self.loss_fn(outputs, batch, mlm)
+        batch = {k: v for k, v in zip(self.fields, labels) if k in self.present}
+        loss, stats = self.loss_fn(outputs, batch, self.normalizers)
         self.losses.append(loss.detach())
         self.stats.append({k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in stats.items()})
         return loss * self.scale if self.training else loss
@@ -159,8 +155,7 @@ class PipelineEngine(Engine):
                 pos = torch.arange(ids.shape[1], device=ids.device).expand_as(ids).contiguous()
             inputs = (ids, torch.zeros_like(ids) if tt is None else tt,
                       torch.ones_like(ids) if mask is None else mask, pos, b["labels"])
-            sent = b["sentence_label"] if self.stage_loss.has_sentence else torch.zeros(1, dtype=torch.long)
-            yield inputs, (sent,)
+            yield inputs, self.stage_loss.labels_of(b)
 
     def _check_shape(self, batches: list[dict]) -> None:
         for b in batches:
@@ -198,12 +193,11 @@ class PipelineEngine(Engine):
                              f"expected grad_accum={self.grad_accum}")
         self._check_shape(micro_batches)
         batches = [self._to_device(b) for b in micro_batches]
-        mlm_norm, sent_norm = global_label_counts(batches, self.topo.device, count_here=self.is_first)
+        normalizers = global_normalizers(self.loss_fn, batches, self.topo.device, count_here=self.is_first)
         step, lr = self.global_step, self.lr
         skipped_before = int(getattr(self.ds, "skipped_steps", 0))
         self._step, self._micro = step, 0
-        self.stage_loss.start(True, "sentence_label" in batches[0], mlm_norm, sent_norm,
-                              scale=float(self.grad_accum * self.dp_world_size))
+        self.stage_loss.start(True, batches[0], normalizers, scale=float(self.grad_accum * self.dp_world_size))
         self.ds.train_batch(data_iter=self._items(batches))
         metrics = dict(self._sums)  # reduced in _optimizer_step, before the update
         return self._finish_step(metrics, lr, self._grad_norm if self._own_norm else None, skipped_before)
@@ -221,7 +215,7 @@ class PipelineEngine(Engine):
         same number of times (DeepSpeed's eval does a world barrier). Shapes may differ from the
         training micro-batches (partial last batches): sent with their shapes, then reset."""
         b = self._to_device(batch)
-        self.stage_loss.start(False, "sentence_label" in b)
+        self.stage_loss.start(False, b, batch_normalizers(self.loss_fn, b, self.topo.device))
         self.ds.dynamic_shape = True
         try:
             self.ds.eval_batch(self._items([b]), compute_loss=True, reduce_output=None, bcast_loss=False,

@@ -25,6 +25,9 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
+    # pretrain/objectives: a registered name (auto | mlm | mlm_sop | mlm_nsp) or module:Class;
+    # auto = masked-LM plus the sentence task of model.sentence_head.
+    name: str = "auto"
     mlm_probability: float = 0.15
     eval_mlm_probability: float = 0.15  # the validation loader's rate (eval/mlm_acc comparable across recipes)
     mask_token_prob: float = 0.8        # of selected: -> [MASK]

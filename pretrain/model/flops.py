@@ -58,8 +58,9 @@ def example_lengths(batch: dict) -> np.ndarray:
     return np.diff(cu.numpy().astype(np.int64))
 
 
-def batch_flops(cfg: ModelConfig, batch: dict) -> float:
-    """Forward + backward model FLOPs of one (CPU) batch."""
+def batch_flops(cfg: ModelConfig, batch: dict, forward=forward_flops) -> float:
+    """Forward + backward model FLOPs of one (CPU) batch; `forward`: the objective's forward FLOPs
+    (pretrain.objectives.Objective.forward_flops), the model's own by default."""
     labels = batch["labels"]
     n_masked = float((labels != -100).sum()) if isinstance(labels, torch.Tensor) else 0.0
-    return 3.0 * forward_flops(cfg, [int(n) for n in example_lengths(batch)], n_masked)
+    return 3.0 * forward(cfg, [int(n) for n in example_lengths(batch)], n_masked)

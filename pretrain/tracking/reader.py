@@ -17,20 +17,22 @@ from typing import Optional
 from .config import METRICS_FILE as FILENAME
 from .jsonl import NONFINITE_KEY
 
-# What the trainer logs; `pretrain-compare` plots the loss/accuracy ones by default.
-KNOWN_METRICS = [
-    "train/loss", "train/mlm_loss", "train/sop_loss", "train/sentence_loss", "train/mlm_acc", "train/sop_acc",
-    "train/lr", "train/grad_norm", "train/loss_scale", "train/tokens_per_s", "train/samples_per_s", "train/mfu",
-    "train/data_wait", "train/peak_mem_gb", "train/loss_ratio", "train/loss_spikes", "train/nonfinite_steps",
-    "train/skipped_updates", "train/rewinds", "train/discarded_batches", "eval/loss", "eval/mlm_loss", "eval/sop_loss", "eval/mlm_acc",
-    "eval/sop_acc",
+# What the trainer itself logs (whatever the objective), in display order. An objective's own
+# metrics come from the run's objective.json (pretrain/objectives/base.py `describe`).
+TRAINER_METRICS = [
+    "train/loss", "train/lr", "train/grad_norm", "train/loss_scale", "train/tokens_per_s", "train/samples_per_s",
+    "train/mfu", "train/data_wait", "train/peak_mem_gb", "train/loss_ratio", "train/loss_spikes",
+    "train/nonfinite_steps", "train/skipped_updates", "train/rewinds", "train/discarded_batches", "eval/loss",
     # pretrain-finetune (task metrics; summary.json names the run's main one)
     "train/epoch", "eval/accuracy", "eval/f1", "eval/matthews", "eval/pearson", "eval/spearman", "eval/mse",
 ]
-PLOT_DEFAULT = [m for m in KNOWN_METRICS if m.rsplit("/", 1)[-1] in
-                ("loss", "mlm_loss", "sop_loss", "sentence_loss", "mlm_acc", "sop_acc",
-                 "accuracy", "f1", "matthews", "pearson", "spearman")]
-BEST_METRIC = "eval/mlm_acc"       # pretraining runs; a fine-tuning run's summary.json says its own
+PLOT_TRAINER = ["train/loss", "eval/loss", "eval/accuracy", "eval/f1", "eval/matthews", "eval/pearson",
+                "eval/spearman"]
+# Runs written before objective.json existed: their objective metrics are found by name.
+LEGACY_PLOT_SUFFIXES = ("_loss", "_acc")
+LEGACY_BEST_METRIC = "eval/mlm_acc"
+BEST_METRIC = LEGACY_BEST_METRIC
+OBJECTIVE_FILE = "objective.json"
 SUMMARY_FILE = "summary.json"
 
 
@@ -65,6 +67,7 @@ class RunCurves:
     best: Optional[tuple[int, float]] = None      # (step, value) of max best_metric
     best_metric: str = BEST_METRIC
     summary: dict = field(default_factory=dict)   # summary.json (fine-tuning: method, trainable params, ...)
+    objective: dict = field(default_factory=dict)  # objective.json (pretraining: its metrics, shown, primary)
     last_step: Optional[int] = None
     lines: int = 0
     skipped_torn_tail: bool = False
@@ -87,7 +90,8 @@ def read_run(run_dir: str | Path, max_points: int = 2000, smooth: int = 1) -> Ru
         raise MetricsError(f"{path}: no metrics file (was the run started with this code?)")
     run = RunCurves(name=run_dir.resolve().name, path=path)
     run.summary = _summary(run_dir / SUMMARY_FILE)
-    run.best_metric = str(run.summary.get("primary_metric") or BEST_METRIC)
+    run.objective = _summary(run_dir / OBJECTIVE_FILE)
+    run.best_metric = str(run.summary.get("primary_metric") or run.objective.get("primary") or LEGACY_BEST_METRIC)
     samplers: dict[str, Downsampler] = {}
     windows: dict[str, deque] = {}
     with open(path, "rb") as f:
@@ -142,3 +146,15 @@ def _summary(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return value if isinstance(value, dict) else {}
+
+
+def objective_metrics(run: RunCurves, phase: str = "") -> list[str]:
+    """The run's objective metrics as logged (train/<m>, eval/<m>; `phase` "train" or "eval" for
+    one of them), in the objective's order; for an older run without objective.json, the logged
+    train/eval metrics whose names end in _loss or _acc."""
+    phases = (phase,) if phase else ("train", "eval")
+    if run.objective:
+        names = [f"{p}/{m}" for p in phases for m in run.objective.get("metrics", [])]
+        return [n for n in names if n in run.last or n in run.curves]
+    logged = sorted(set(run.last) | set(run.curves))
+    return [k for k in logged if k.split("/", 1)[0] in phases and k.endswith(LEGACY_PLOT_SUFFIXES)]

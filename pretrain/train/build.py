@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from functools import partial
 from typing import Any, Callable, Optional
 
 import torch
@@ -17,7 +16,7 @@ from pretrain.model import build_model
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import batch_flops
 from pretrain.model.pretraining import MODEL_INPUTS
-from pretrain.objectives import pretraining_loss
+from pretrain.objectives import build_objective
 from pretrain.shardformat import load_manifest
 from pretrain.tracking import build_tracker
 from pretrain.train.budget import schedule_steps
@@ -38,6 +37,7 @@ class Parts:
     checkpoints: CheckpointManager
     log: Callable[[str], None]
     flops_for: Callable[[list, dict], float]
+    objective: Any = None    # pretrain.objectives.Objective: what the loop, evaluation and tracker report
     stacking: Any = None     # pretrain.train.stacking.Stacking, or None
     schedule_span: Optional[int] = None   # steps the lr schedule spans; None = placed by the budget used
 
@@ -80,9 +80,18 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     plans = manager.plan_resume(model_signature(model), layout_of(topo, parallel_cfg, precision_cfg))
     schedule_span = schedule_steps(cfg.schedule.total_steps, cfg.trainer.max_steps, cfg.trainer.max_tokens,
                                    cfg.trainer.max_time)
+    objective = build_objective(cfg.objective, mcfg)
+    if topo.rank == 0:   # what pretrain-compare and pretrain-status show of this run
+        import json
+        import os
+
+        from pretrain.tracking.reader import OBJECTIVE_FILE
+
+        with open(os.path.join(run_dir, OBJECTIVE_FILE), "w") as f:
+            json.dump(objective.describe(), f, indent=1)
     engine = build_engine(
         model,
-        partial(_loss, objective=cfg.objective),
+        objective,
         parallel_cfg, precision_cfg, optim_cfg, schedule_cfg,
         total_steps=schedule_span,
         micro_batch_size=cfg.data.micro_batch_size,
@@ -139,7 +148,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         rank's micro-batches (real tokens, attention within each example) x the replicas, at
         the depth the step ran (progressive stacking)."""
         run_cfg = mcfg if stacking is None else replace(mcfg, num_layers=stacking.depth())
-        return topo.dp_size * sum(batch_flops(run_cfg, b) for b in micro)
+        return topo.dp_size * sum(batch_flops(run_cfg, b, objective.forward_flops) for b in micro)
 
     return Parts(
         topo=topo,
@@ -152,10 +161,8 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         checkpoints=manager,
         log=log,
         flops_for=flops_for,
+        objective=objective,
         stacking=stacking,
         schedule_span=schedule_span,
     )
 
-
-def _loss(output, batch, mlm_normalizer, objective, sentence_normalizer=None):
-    return pretraining_loss(output, batch, mlm_normalizer, objective, sentence_normalizer=sentence_normalizer)

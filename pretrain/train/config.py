@@ -245,6 +245,12 @@ def _check_relations(cfg: DictConfig) -> None:
     if o.sentence_task != "none" and m.sentence_head == "none":
         raise ConfigError(f"config: objective.sentence_task={o.sentence_task!r} needs a sentence head; model.sentence_head "
                           "is 'none' (objective=mlm trains masked-LM only; objective=auto follows the model)")
+    from pretrain.objectives import build_objective
+
+    try:   # the objective's own checks (its name, the head it needs), on the config as given
+        build_objective(o, m)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
     if d.num_workers is not None and d.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers' = {d.num_workers}; must be >= 0")
     if t.max_steps is None and t.max_tokens is None and t.max_time is None:

@@ -1,4 +1,5 @@
-"""Held-out evaluation: masked-LM accuracy (the MLPerf BERT metric), SOP accuracy, loss."""
+"""Held-out evaluation: the objective's metrics (e.g. masked-LM accuracy, the MLPerf BERT metric)
+over the validation split, exact over all ranks (sums reduced before dividing), and eval/loss."""
 from __future__ import annotations
 
 import itertools
@@ -6,18 +7,16 @@ from typing import Callable, Optional
 
 from parallel.topology import reduce_sum
 
-_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct", "sentence_count")
-
-
-def evaluate(engine, loader_factory: Callable, max_batches: Optional[int]) -> dict[str, float]:
+def evaluate(engine, objective, loader_factory: Callable, max_batches: Optional[int]) -> dict[str, float]:
     """One pass (or `max_batches` per rank) over the validation split; sums are all-reduced.
 
     Ranks may hold different numbers of validation batches, but under ZeRO-3 every forward is
     collective: a rank that ran out keeps stepping on its last batch (stats discarded) until
     all ranks are done, so nobody waits forever.
     """
+    keys = objective.stat_keys
     loader = loader_factory()
-    totals = dict.fromkeys(_KEYS, 0.0)
+    totals = dict.fromkeys(keys, 0.0)
     batches = iter(loader) if max_batches is None else itertools.islice(loader, max_batches)
     last = None
     while True:
@@ -30,23 +29,10 @@ def evaluate(engine, loader_factory: Callable, max_batches: Optional[int]) -> di
         stats = engine.eval_step(batch if batch is not None else last)
         if batch is not None:
             last = batch
-            for k in _KEYS:
+            for k in keys:
                 totals[k] += float(stats.get(k, 0.0))
-    summed = reduce_sum([totals[k] for k in _KEYS])
-    totals = dict(zip(_KEYS, summed))
-    mlm_count = max(totals["mlm_count"], 1.0)
-    out = {
-        "eval/mlm_loss": totals["mlm_loss_sum"] / mlm_count,
-        "eval/mlm_acc": totals["mlm_correct"] / mlm_count,
-        "eval/masked_tokens": totals["mlm_count"],
-    }
-    loss = out["eval/mlm_loss"]
-    if totals["sentence_count"]:
-        out["eval/sop_loss"] = totals["sentence_loss_sum"] / totals["sentence_count"]
-        out["eval/sop_acc"] = totals["sentence_correct"] / totals["sentence_count"]
-        loss += out["eval/sop_loss"]
-    out["eval/loss"] = loss
-    return out
+    summed = reduce_sum([totals[k] for k in keys])
+    return objective.evaluation(dict(zip(keys, summed)))
 
 
 def _placeholder_batch() -> dict:

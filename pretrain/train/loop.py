@@ -78,7 +78,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         if state.step % cfg.trainer.log_every == 0 or verdict.event:
             speed = meter.summary(topo.world_size, peak.flops, topo.device)
             used = budget.fraction(state.step, state.consumed_tokens, state.train_seconds)
-            tracker.log({**_train_metrics(metrics, speed, state), "train/budget_used": used,
+            tracker.log({**_train_metrics(metrics, speed, state, parts.objective), "train/budget_used": used,
                          "train/seconds": state.train_seconds, **watchdog.metrics(verdict)}, state.step)
             meter.reset()
         if verdict.stop:
@@ -110,9 +110,10 @@ def train(cfg: DictConfig, run_dir: str) -> None:
 
 
 def run_eval(engine, parts, cfg, tracker, step: int, log) -> None:
-    results = evaluate(engine, parts.eval_loader_factory, cfg.trainer.eval_batches)
+    results = evaluate(engine, parts.objective, parts.eval_loader_factory, cfg.trainer.eval_batches)
     tracker.log(results, step)
-    shown = ", ".join(f"{k.split('/')[1]}={results[k]:.4f}" for k in ("eval/loss", "eval/mlm_acc", "eval/sop_acc") if k in results)
+    names = ("eval/loss", *(f"eval/{m}" for m in parts.objective.shown))
+    shown = ", ".join(f"{k.split('/')[1]}={results[k]:.4f}" for k in names if k in results)
     log(f"eval at step {step}: {shown}")
 
 
@@ -137,19 +138,15 @@ class SampleRecorder:
         self._file.close()
 
 
-def _train_metrics(metrics: dict, speed: dict, state: TrainState) -> dict:
+def _train_metrics(metrics: dict, speed: dict, state: TrainState, objective) -> dict:
     out = {
         "train/loss": metrics["loss"],
-        "train/mlm_loss": metrics["mlm_loss_sum"] / max(metrics["mlm_count"], 1),
-        "train/mlm_acc": metrics["mlm_correct"] / max(metrics["mlm_count"], 1),
+        **objective.summarize(metrics, "train"),
         "train/lr": metrics["lr"],
         "train/grad_norm": metrics.get("grad_norm") or 0.0,
         "train/consumed_tokens": state.consumed_tokens,
         "train/consumed_samples": state.consumed_samples,
     }
-    if metrics.get("sentence_count"):
-        out["train/sop_loss"] = metrics["sentence_loss_sum"] / metrics["sentence_count"]
-        out["train/sop_acc"] = metrics["sentence_correct"] / metrics["sentence_count"]
     if metrics.get("loss_scale"):
         out["train/loss_scale"] = metrics["loss_scale"]
     out.update({f"train/{k}": v for k, v in speed.items()})

@@ -14,7 +14,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "parallel"))
 sys.path.insert(0, os.path.abspath(os.path.join(HERE, "..", "..")))
 
-from toy import ToyBert, rank_micro_batches, toy_loss  # noqa: E402
+from toy import Counted, ToyBert, rank_micro_batches, toy_loss  # noqa: E402
 
 from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig  # noqa: E402
 from parallel.engine import build_engine  # noqa: E402
@@ -45,7 +45,7 @@ def engine_bf16(topo) -> dict:
     out = {}
     for optim in ("adamw", "lamb"):
         torch.manual_seed(0)
-        engine = build_engine(ToyBert(hidden=64, dropout=0.0), toy_loss, ParallelConfig(zero_stage=2),
+        engine = build_engine(ToyBert(hidden=64, dropout=0.0), Counted(toy_loss), ParallelConfig(zero_stage=2),
                               PrecisionConfig(dtype="bf16"), OptimConfig(name=optim, lr=3e-3, grad_clip=1.0),
                               ScheduleConfig(name="constant", warmup_steps=0), total_steps=20, micro_batch_size=8,
                               grad_accum=2, topo=topo, seed=0)

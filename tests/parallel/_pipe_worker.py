@@ -26,14 +26,15 @@ from parallel.engine import build_engine, layout_of  # noqa: E402
 from parallel.topology import all_gather_object, all_reduce_sum, barrier, detect  # noqa: E402
 from pretrain.data.config import ObjectiveConfig  # noqa: E402
 from pretrain.model import ModelConfig, build_model  # noqa: E402
-from pretrain.objectives import pretraining_loss  # noqa: E402
+from pretrain.objectives import build_objective  # noqa: E402
 
 SEED, MICRO = 1234, 4
 STAT_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct", "sentence_count")
 
 
-def loss_fn(out, batch, mlm_normalizer, sentence_normalizer=None):
-    return pretraining_loss(out, batch, mlm_normalizer, ObjectiveConfig(), sentence_normalizer=sentence_normalizer)
+def loss_fn(cfg: ModelConfig):
+    """The trainer's objective for this model: MLM + SOP."""
+    return build_objective(ObjectiveConfig(name="mlm_sop", sentence_task="sop"), cfg)
 
 
 def model_cfg(arch: str, dropout: float = 0.0, checkpointing: bool = False) -> ModelConfig:
@@ -66,11 +67,12 @@ def packed(batch: dict) -> dict:
 
 
 def make(stages, arch="bert", zero=0, dtype="fp32", gas=4, dropout=0.0, checkpointing=False, optim="adamw",
-         resume_from=None, partition="parameters", loss=loss_fn):
+         resume_from=None, partition="parameters", wrap=None):
     """An engine as the trainer builds it (seed, then build_model); resume_from is inspected first."""
     topo = detect(pipeline_stages=stages)
     torch.manual_seed(SEED)
     model = build_model(model_cfg(arch, dropout, checkpointing))
+    loss = loss_fn(model.cfg) if wrap is None else wrap(loss_fn(model.cfg))
     parallel = ParallelConfig(zero_stage=zero, pipeline_stages=stages, pipeline_partition=partition)
     precision = PrecisionConfig(dtype=dtype)
     resume = (inspect_checkpoint(resume_from, model_signature(model), layout_of(topo, parallel, precision))
@@ -127,7 +129,7 @@ def uneven_eval(engine) -> dict:
     everywhere = torch.tensor(evaluate(engine)) / topo.dp_size   # each replica evaluated all of them
     out = {"expected": everywhere.tolist()}
     for name, split in (("two_one", (batches[:2], batches[2:])), ("three_none", (batches, []))):
-        out[name] = trainer_evaluate(engine, lambda split=split: split[topo.dp_rank], None)
+        out[name] = trainer_evaluate(engine, engine.loss_fn, lambda split=split: split[topo.dp_rank], None)
     return out
 
 
@@ -214,15 +216,24 @@ def guard(work):
     for zero, dtype in ((0, "fp32"), (1, "bf16")):
         poison = {"kind": None}
 
-        def poisoned(out, batch, mlm_normalizer, sentence_normalizer=None):
-            loss, stats = loss_fn(out, batch, mlm_normalizer, sentence_normalizer)
-            if poison["kind"] == "loss":  # runs on the last stage only
-                loss = loss * float("nan")
-            elif poison["kind"] == "grad":
-                loss = _NanGrad.apply(loss)
-            return loss, stats
+        class Poisoned:
+            """The objective, with a NaN loss or NaN gradients when asked."""
 
-        engine, _ = make(2, "bert", zero=zero, dtype=dtype, gas=4, loss=poisoned)
+            def __init__(self, inner):
+                self.inner, self.normalizers, self.loss_fields = inner, inner.normalizers, inner.loss_fields
+
+            def counts(self, batch):
+                return self.inner.counts(batch)
+
+            def __call__(self, out, batch, normalizers):
+                loss, stats = self.inner(out, batch, normalizers)
+                if poison["kind"] == "loss":  # runs on the last stage only
+                    loss = loss * float("nan")
+                elif poison["kind"] == "grad":
+                    loss = _NanGrad.apply(loss)
+                return loss, stats
+
+        engine, _ = make(2, "bert", zero=zero, dtype=dtype, gas=4, wrap=Poisoned)
         out = {"clean": slim(run(engine, 4, 2))}
         path = os.path.join(work, f"guard-z{zero}-{dtype}")
         engine.save(path, {"step": 2})

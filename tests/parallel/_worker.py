@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..")))
 
-from toy import ToyBert, global_batch, rank_micro_batches, toy_loss  # noqa: E402
+from toy import Counted, ToyBert, global_batch, rank_micro_batches, toy_loss  # noqa: E402
 
 from parallel.checkpoint import CheckpointError, inspect_checkpoint, model_signature  # noqa: E402
 from parallel.config import OptimConfig, ParallelConfig, PrecisionConfig, ScheduleConfig  # noqa: E402
@@ -35,7 +35,7 @@ def make_engine(topo, zero=0, dtype="fp32", gas=2, dropout=0.1, hidden=32, resum
     parallel, precision = ParallelConfig(zero_stage=zero), PrecisionConfig(dtype=dtype)
     resume = (inspect_checkpoint(resume_from, model_signature(model), layout_of(topo, parallel, precision))
               if resume_from else None)
-    engine = build_engine(model, loss_fn, parallel, precision,
+    engine = build_engine(model, Counted(loss_fn), parallel, precision,
                           OptimConfig(name=optim, lr=lr, grad_clip=grad_clip),
                           ScheduleConfig(name="linear", warmup_steps=2),
                           total_steps=20, micro_batch_size=MICRO, grad_accum=gas, topo=topo, seed=SEED,
@@ -293,7 +293,7 @@ def scenario_single(topo, work):
 def _offload_engine(topo):
     torch.manual_seed(SEED)
     cfg = ParallelConfig(zero_stage=3, offload_optimizer=True, offload_params=True)
-    return build_engine(ToyBert(), toy_loss, cfg, PrecisionConfig(), OptimConfig(lr=3e-3, grad_clip=1.0),
+    return build_engine(ToyBert(), Counted(toy_loss), cfg, PrecisionConfig(), OptimConfig(lr=3e-3, grad_clip=1.0),
                         ScheduleConfig(name="linear", warmup_steps=2), total_steps=20,
                         micro_batch_size=MICRO, grad_accum=2, topo=topo, seed=SEED)
 

@@ -61,6 +61,24 @@ def toy_loss(out: ToyOutput, batch: dict, mlm_normalizer, sentence_normalizer=1.
     return loss, stats
 
 
+class Counted:
+    """A plain loss function `fn(out, batch, mlm_normalizer, sentence_normalizer)` as the engine's
+    objective protocol (parallel/engine_base.py): the normalizers are the global counts of masked
+    tokens and sentence labels."""
+    normalizers = ("labels", "sentence_label")
+    loss_fields = ("sentence_label",)
+
+    def __init__(self, fn):
+        self.fn = fn
+
+    def counts(self, batch: dict) -> torch.Tensor:
+        return torch.stack([(batch[k] != IGNORE).sum().double() if k in batch else torch.zeros((), dtype=torch.float64)
+                            for k in self.normalizers])
+
+    def __call__(self, out, batch: dict, normalizers: torch.Tensor):
+        return self.fn(out, batch, normalizers[0], normalizers[1])
+
+
 def make_batch(gen: torch.Generator, size: int) -> dict:
     lengths = torch.randint(SEQ // 2, SEQ + 1, (size,), generator=gen)
     ar = torch.arange(SEQ)[None]

@@ -106,7 +106,7 @@ def main() -> None:
     from pretrain.model import build_model
     from pretrain.model.layout import batch_layout
     from pretrain.model.pretraining import MODEL_INPUTS
-    from pretrain.objectives import pretraining_loss
+    from pretrain.objectives import build_objective
 
     cfg = (modern_cfg if arch == "modernbert" else tiny_cfg)(sentence_head=head, unpad=True)
     if cuda:   # the kernels a GPU without flash_attn runs (auto picks them there too)
@@ -114,12 +114,7 @@ def main() -> None:
     torch.manual_seed(0)
     model = build_model(cfg)
     model.set_packed_rows(True)
-    objective = ObjectiveConfig(sentence_task=head)
-
-    def loss(output, batch, mlm_normalizer, sentence_normalizer=None):
-        return pretraining_loss(output, batch, mlm_normalizer, objective, sentence_normalizer=sentence_normalizer)
-
-    engine = build_engine(model, loss, ParallelConfig(zero_stage=zero), PrecisionConfig(dtype="bf16" if cuda else "fp32"),
+    engine = build_engine(model, build_objective(ObjectiveConfig(sentence_task=head), cfg), ParallelConfig(zero_stage=zero), PrecisionConfig(dtype="bf16" if cuda else "fp32"),
                           OptimConfig(lr=1e-3, grad_clip=1.0), ScheduleConfig(name="constant"), total_steps=10,
                           micro_batch_size=2, grad_accum=2, topo=detect(), model_inputs=MODEL_INPUTS)
 

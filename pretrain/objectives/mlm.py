@@ -1,4 +1,5 @@
-"""Pretraining losses (MLM + SOP/NSP) and the metric sums the trainer aggregates.
+"""Masked-LM objectives: MLM alone (RoBERTa), MLM + sentence-order prediction (ALBERT), MLM +
+next-sentence prediction (BERT); the loss and the metric sums the trainer aggregates.
 
 The MLM loss is normalised by a count the *caller* provides: the number of masked tokens in the
 whole global batch (all data-parallel ranks and all micro-batches of the step), so the loss is a
@@ -18,7 +19,11 @@ from pretrain.data.config import ObjectiveConfig
 from pretrain.model.heads import PretrainingOutput
 from pretrain.model.layout import IGNORE_INDEX
 
-STAT_KEYS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "sentence_loss_sum", "sentence_correct", "sentence_count")
+from .base import Metric, Objective
+
+MLM_STATS = ("mlm_loss_sum", "mlm_correct", "mlm_count")
+SENTENCE_STATS = ("sentence_loss_sum", "sentence_correct", "sentence_count")
+STAT_KEYS = MLM_STATS + SENTENCE_STATS
 
 
 def sentence_targets(out: PretrainingOutput, sentence_label: torch.Tensor) -> torch.Tensor:
@@ -37,7 +42,7 @@ def sentence_targets(out: PretrainingOutput, sentence_label: torch.Tensor) -> to
 def pretraining_loss(
     out: PretrainingOutput, batch: dict, mlm_normalizer: float | torch.Tensor, cfg: ObjectiveConfig,
     sentence_normalizer: float | torch.Tensor | None = None,
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """loss = mlm_weight * sum(CE over masked tokens) / mlm_normalizer
              + sentence_weight * sum(CE over sequences with sentence_label != -100) / sentence_normalizer
 
@@ -53,18 +58,25 @@ def pretraining_loss(
     holding *sums* over this micro-batch (keys STAT_KEYS); accuracy = correct / count after
     summing across ranks and micro-steps. Nothing here reads a device value on the host.
     """
+    return masked_lm_loss(out, batch, mlm_normalizer, cfg.mlm_weight,
+                          cfg.sentence_weight if cfg.sentence_task != "none" else None, sentence_normalizer)
+
+
+def masked_lm_loss(out: PretrainingOutput, batch: dict, mlm_normalizer, mlm_weight: float,
+                   sentence_weight: float | None, sentence_normalizer=None) -> tuple[torch.Tensor, dict]:
+    """`pretraining_loss` with the weights given; sentence_weight=None: no sentence task."""
     mlm_logits = out.mlm_logits.float()
     mlm_labels = out.mlm_labels
     mlm_loss_sum = F.cross_entropy(mlm_logits, mlm_labels, ignore_index=IGNORE_INDEX, reduction="sum")
     normalizer = torch.as_tensor(mlm_normalizer, dtype=torch.float32, device=mlm_logits.device).clamp_min(1.0)
-    loss = cfg.mlm_weight * (mlm_loss_sum / normalizer)
+    loss = mlm_weight * (mlm_loss_sum / normalizer)
     with torch.no_grad():
         valid = mlm_labels != IGNORE_INDEX
         mlm_correct = ((mlm_logits.argmax(-1) == mlm_labels) & valid).sum()
         mlm_count = valid.sum()
 
     sentence_loss_sum = sentence_correct = sentence_count = torch.zeros((), device=mlm_logits.device)
-    if out.sentence_logits is not None and cfg.sentence_task != "none" and "sentence_label" in batch:
+    if out.sentence_logits is not None and sentence_weight is not None and "sentence_label" in batch:
         s_logits = out.sentence_logits.float()
         s_labels = sentence_targets(out, batch["sentence_label"].to(s_logits.device))
         sentence_loss_sum = F.cross_entropy(s_logits, s_labels, ignore_index=IGNORE_INDEX, reduction="sum")
@@ -74,10 +86,74 @@ def pretraining_loss(
             sentence_correct = ((s_logits.argmax(-1) == s_labels) & s_valid).sum()
         s_norm = sentence_count if sentence_normalizer is None else torch.as_tensor(
             sentence_normalizer, dtype=torch.float32, device=s_logits.device)
-        loss = loss + cfg.sentence_weight * sentence_loss_sum / s_norm.clamp_min(1)
+        loss = loss + sentence_weight * sentence_loss_sum / s_norm.clamp_min(1)
 
     # 0-dim tensors on the device: the engine sums them over micro-batches and ranks and reads
     # them once per step (its one all-reduce); reading them here would stop a GPU per micro-batch.
     values = (mlm_loss_sum, mlm_correct, mlm_count, sentence_loss_sum, sentence_correct, sentence_count)
     stats = {k: t.detach().double() for k, t in zip(STAT_KEYS, values)}
     return loss, stats
+
+
+def _label_count(batch: dict, key: str) -> torch.Tensor:
+    labels = batch.get(key)
+    if labels is None:
+        return torch.zeros((), dtype=torch.float64)
+    return (labels != IGNORE_INDEX).sum().double()
+
+
+class MaskedLM(Objective):
+    """Masked-LM only: loss = mlm_weight * sum CE(masked) / global masked-token count."""
+    name = "mlm"
+    normalizers = ("masked_tokens",)
+    stat_keys = MLM_STATS
+    metrics = (Metric("mlm_loss", "mlm_loss_sum", "mlm_count"), Metric("mlm_acc", "mlm_correct", "mlm_count"))
+    eval_loss_metrics = ("mlm_loss",)
+    shown = ("mlm_acc",)
+    eval_totals = {"masked_tokens": "mlm_count"}
+
+    def counts(self, batch: dict) -> torch.Tensor:
+        return _label_count(batch, "labels").reshape(1)
+
+    def loss(self, output, batch: dict, normalizers: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        loss, stats = masked_lm_loss(output, batch, normalizers[0], self.cfg.mlm_weight, None)
+        return loss, {k: stats[k] for k in MLM_STATS}
+
+
+class _MaskedLMWithSentence(MaskedLM):
+    """MLM + a sentence-pair task on every example's first token: + sentence_weight * sum CE /
+    global sentence-label count."""
+    loss_fields = ("sentence_label",)
+    normalizers = ("masked_tokens", "sentence_labels")
+    stat_keys = STAT_KEYS
+
+    def counts(self, batch: dict) -> torch.Tensor:
+        labels = _label_count(batch, "labels")
+        return torch.stack([labels, _label_count(batch, "sentence_label").to(labels.device)])
+
+    def loss(self, output, batch: dict, normalizers: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        return masked_lm_loss(output, batch, normalizers[0], self.cfg.mlm_weight, self.cfg.sentence_weight,
+                              normalizers[1])
+
+
+def _sentence_metrics(task: str) -> tuple[Metric, ...]:
+    return MaskedLM.metrics + (Metric(f"{task}_loss", "sentence_loss_sum", "sentence_count"),
+                               Metric(f"{task}_acc", "sentence_correct", "sentence_count"))
+
+
+class MaskedLMWithSOP(_MaskedLMWithSentence):
+    """ALBERT: MLM + sentence-order prediction (two consecutive segments, swapped half the time)."""
+    name = "mlm_sop"
+    sentence_head = data_task = "sop"
+    metrics = _sentence_metrics("sop")
+    eval_loss_metrics = ("mlm_loss", "sop_loss")
+    shown = ("mlm_acc", "sop_acc")
+
+
+class MaskedLMWithNSP(_MaskedLMWithSentence):
+    """BERT: MLM + next-sentence prediction (the second segment from another document half the time)."""
+    name = "mlm_nsp"
+    sentence_head = data_task = "nsp"
+    metrics = _sentence_metrics("nsp")
+    eval_loss_metrics = ("mlm_loss", "nsp_loss")
+    shown = ("mlm_acc", "nsp_acc")
