@@ -38,6 +38,18 @@ class PretrainingModel(nn.Module):
         self.heads = PretrainingHeads(cfg, self.embeddings.word_embeddings, parts.final_norm, parts.sentence_dropout)
         self.gradient_checkpointing = cfg.gradient_checkpointing
         self.active_layers: Optional[int] = None
+        # An objective's own trainable modules (pretrain/objectives: `Objective.build_modules`),
+        # trained, checkpointed and partitioned with the model; empty for the MLM family, so the
+        # parameter names are the model's own.
+        self.objective_modules = nn.ModuleDict()
+        self._objective_forward = None
+
+    def attach_objective(self, objective) -> None:
+        """Add the objective's modules and, if it has one, route `forward` through its own
+        (`objective.forward(model, **inputs)`, which calls `encode`/`heads` as it needs)."""
+        for name, module in objective.build_modules(self).items():
+            self.objective_modules[name] = module
+        self._objective_forward = objective.forward if objective.has_own_forward() else None
 
     def encoder_layers(self) -> list[nn.Module]:
         layers = self.encoder.ordered()
@@ -71,8 +83,24 @@ class PretrainingModel(nn.Module):
         unknown = set(layout) - set(LAYOUT_KEYS)
         if unknown:
             raise TypeError(f"PretrainingModel.forward got unexpected arguments {sorted(unknown)}")
+        if self._objective_forward is not None:
+            return self._objective_forward(self, input_ids=input_ids, token_type_ids=token_type_ids,
+                                           attention_mask=attention_mask, labels=labels, position_ids=position_ids,
+                                           all_positions=all_positions, **layout)
         # Logits at every position (pads included, as transformers computes them) need the padded rows.
-        ctx = AttentionContext(attention_mask, position_ids, input_ids, unpad=self.cfg.unpad and not all_positions and labels is not None,
+        x, ctx = self.encode(input_ids, token_type_ids, attention_mask, position_ids,
+                             unpad=self.cfg.unpad and not all_positions and labels is not None, **layout)
+        out = self.heads(x, ctx, None if all_positions else labels)
+        if all_positions:
+            out = out._replace(mlm_labels=labels)
+        return out
+
+    def encode(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
+               attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
+               unpad: Optional[bool] = None, **layout) -> tuple[torch.Tensor, AttentionContext]:
+        """(the encoder's last hidden states in the context's layout ([T, H] unpadded, else
+        [B, L, H]), the AttentionContext): what the heads, or an objective's own modules, read."""
+        ctx = AttentionContext(attention_mask, position_ids, input_ids, unpad=self.cfg.unpad if unpad is None else unpad,
                                backend=self.cfg.attention_backend, layout=layout)
         tt = None if token_type_ids is None else ctx.to_layout(token_type_ids)
         x = self.embeddings((ctx.to_layout(input_ids), tt), ctx)
@@ -81,10 +109,7 @@ class PretrainingModel(nn.Module):
                 x = checkpoint(layer, x, ctx, use_reentrant=False)
             else:
                 x = layer(x, ctx)
-        out = self.heads(x, ctx, None if all_positions else labels)
-        if all_positions:
-            out = out._replace(mlm_labels=labels)
-        return out
+        return x, ctx
 
     def set_packed_rows(self, packed: bool) -> None:
         """Whether rows may hold several examples, for the pipeline form, whose layers see only

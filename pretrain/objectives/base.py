@@ -72,6 +72,22 @@ class Objective(ABC):
     def __call__(self, output, batch: dict, normalizers: torch.Tensor) -> tuple[torch.Tensor, dict]:
         return self.loss(output, batch, normalizers)
 
+    # ---------------------------------------------------------------- the model side (optional)
+    def build_modules(self, model) -> dict:
+        """{name: nn.Module}: this objective's own trainable modules (heads, a generator),
+        attached to the model as `model.objective_modules[name]` before the engine is built, so
+        they are optimised, checkpointed and partitioned with it. None by default."""
+        return {}
+
+    def forward(self, model, **inputs):
+        """The training/eval forward when the objective needs more than the model's heads: called
+        by `model.forward` with the batch's model inputs; use `model.encode(...)`,
+        `model.heads(...)` and `model.objective_modules` and return what `loss` reads."""
+        raise NotImplementedError
+
+    def has_own_forward(self) -> bool:
+        return type(self).forward is not Objective.forward
+
     # ---------------------------------------------------------------- what the loop reads
     def summarize(self, totals: Mapping[str, float], prefix: str) -> dict[str, float]:
         """`prefix`/<metric> for every metric with a non-zero denominator."""

@@ -71,6 +71,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     log = make_logger(topo.rank)
     torch.manual_seed(cfg.run.seed)  # identical initial weights on every rank, before any draw
     model, mcfg = build_model_from_config(cfg)
+    objective = build_objective(cfg.objective, mcfg)
+    model.attach_objective(objective)   # its own modules (if any): before the signature and the engine
+    if len(model.objective_modules) and not objective.has_own_forward():
+        raise ValueError(f"objective.name={objective.name}: its own modules need its own forward to be used")
     model.set_packed_rows(cfg.data.packing)   # the pipeline form's layers cannot see the batch's layout
     manifest = load_manifest(cfg.data.path)
     manager = CheckpointManager(run_dir, cfg.trainer.keep_checkpoints, log)
@@ -80,7 +84,6 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     plans = manager.plan_resume(model_signature(model), layout_of(topo, parallel_cfg, precision_cfg))
     schedule_span = schedule_steps(cfg.schedule.total_steps, cfg.trainer.max_steps, cfg.trainer.max_tokens,
                                    cfg.trainer.max_time)
-    objective = build_objective(cfg.objective, mcfg)
     if topo.rank == 0:   # what pretrain-compare and pretrain-status show of this run
         import json
         import os

@@ -248,9 +248,12 @@ def _check_relations(cfg: DictConfig) -> None:
     from pretrain.objectives import build_objective
 
     try:   # the objective's own checks (its name, the head it needs), on the config as given
-        build_objective(o, m)
+        objective = build_objective(o, m)
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
+    if cfg.parallel.pipeline_stages > 1 and objective.has_own_forward():
+        raise ConfigError(f"config: objective.name={o.name} runs its own forward, which the pipeline engine cannot "
+                          "split into stages; use parallel.pipeline_stages=1")
     if d.num_workers is not None and d.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers' = {d.num_workers}; must be >= 0")
     if t.max_steps is None and t.max_tokens is None and t.max_time is None:

@@ -29,6 +29,10 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
         state = {k: v for k, v in state.items() if not _layer_at_or_above(k, depth)}
         mcfg.num_layers = depth
         log(f"export: progressive stacking had reached {depth} of {cfg.model.num_layers} layers at {checkpoint}")
+    own = sorted({k.split(".")[1] for k in state if k.startswith("objective_modules.")})
+    if own:   # the objective's own modules (a head, a generator) are not part of the encoder export
+        state = {k: v for k, v in state.items() if not k.startswith("objective_modules.")}
+        log(f"export: the encoder and its MLM head; the objective's own modules ({', '.join(own)}) stay in {checkpoint}")
     model = build_model(mcfg)
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if bad:  # never written by this trainer (saves check first); an older or foreign checkpoint

@@ -33,6 +33,10 @@ def _launch(tmp_path, *args, data=None):
         (["run.name=x", "parallel=zero9"], "zero9"),
         (["run.name=x", "precision=fp16", "parallel=zero2"], "fp16"),
         (["run.name=x", "parallel.zero_stage=1", "parallel.offload_params=true"], "offload_params"),
+        (["run.name=x", "objective.name=nosuch"], "objective.name='nosuch'"),
+        (["run.name=x", "objective=mlm", "objective.name=mlm_sop"], "contradicts objective.name=mlm_sop"),
+        (["run.name=x", "objective=mlm", "objective.name=parity_objective:MaskedLMWithParity", "parallel=pipeline",
+          "parallel.pipeline_stages=2", "cluster.nproc=2"], "cannot split into stages"),
     ],
 )
 def test_bad_config_is_one_line_error(tmp_path, tiny_data, args, needle, monkeypatch, capsys):
