@@ -25,7 +25,7 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    # pretrain/objectives: a registered name (auto | mlm | mlm_sop | mlm_nsp) or module:Class;
+    # pretrain/objectives: a registered name (auto | mlm | mlm_sop | mlm_nsp | electra) or module:Class;
     # auto = masked-LM plus the sentence task of model.sentence_head.
     name: str = "auto"
     mlm_probability: float = 0.15
@@ -38,3 +38,7 @@ class ObjectiveConfig:
     sentence_task: str = "sop"          # "sop" | "nsp" | "none"
     mlm_weight: float = 1.0
     sentence_weight: float = 1.0
+    # ELECTRA (objective=electra): the generator's hidden size as a fraction of the model's (whole
+    # attention heads of the model's head size), and the weight of the replaced-token loss.
+    generator_hidden_fraction: float = 0.25
+    disc_weight: float = 50.0

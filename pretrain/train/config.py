@@ -245,10 +245,11 @@ def _check_relations(cfg: DictConfig) -> None:
     if o.sentence_task != "none" and m.sentence_head == "none":
         raise ConfigError(f"config: objective.sentence_task={o.sentence_task!r} needs a sentence head; model.sentence_head "
                           "is 'none' (objective=mlm trains masked-LM only; objective=auto follows the model)")
+    from pretrain.model.config import ModelConfig
     from pretrain.objectives import build_objective
 
     try:   # the objective's own checks (its name, the head it needs), on the config as given
-        objective = build_objective(o, m)
+        objective = build_objective(o, ModelConfig(**OmegaConf.to_container(m, resolve=True)))
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
     if cfg.parallel.pipeline_stages > 1 and objective.has_own_forward():

@@ -44,6 +44,11 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
             f"{checkpoint}: weights do not match the run's model (missing {sorted(set(missing) - tied)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})"
         )
+    from pretrain.objectives import build_objective
+
+    if not build_objective(cfg.objective, mcfg).trains_mlm_head:
+        log(f"warning: objective={cfg.objective.name} does not train the model's MLM head: the export's encoder "
+            "is what to fine-tune; its masked-LM logits are untrained")
     manifest = load_manifest(cfg.data.path)
     export_hf(model, mcfg, manifest.tokenizer_file, out_dir)
     log(f"exported {checkpoint} -> {out_dir}")
