@@ -11,6 +11,10 @@ from pretrain.train.config import ConfigError
 def spec_for(model_type: str, where: str) -> FinetuneSpec:
     from pretrain.hf.convert import ExportError, converter_for
 
+    if model_type == "electra":   # an ELECTRA discriminator (objective=electra's export, or Google's)
+        from pretrain.hf.electra import finetune_spec
+
+        return finetune_spec()
     try:
         return converter_for(model_type).finetune_spec(model_type)
     except ExportError as e:

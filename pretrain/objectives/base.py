@@ -86,6 +86,17 @@ class Objective(ABC):
         `model.heads(...)` and `model.objective_modules` and return what `loss` reads."""
         raise NotImplementedError
 
+    def export(self, model, tokenizer_file: str, out_dir: str, log) -> None:
+        """Write the run's transformers export (pretrain/train/export.py calls it with the model,
+        its objective modules loaded): the model with its heads by default; the objective's own
+        modules are not part of it."""
+        from pretrain.hf.export import export_hf
+
+        if len(model.objective_modules):
+            log(f"export: the encoder and its heads; the objective's own modules "
+                f"({', '.join(model.objective_modules)}) stay in the checkpoint")
+        export_hf(model, model.cfg, tokenizer_file, out_dir)
+
     def has_own_forward(self) -> bool:
         return type(self).forward is not Objective.forward
 

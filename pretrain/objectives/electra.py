@@ -152,6 +152,33 @@ class Electra(Objective):
         valid = d_ctx.valid
         return ElectraOutput(gen_out, logits, d_ctx.to_layout(replaced), d_ctx.to_layout(valid))
 
+    def export(self, model, tokenizer_file: str, out_dir: str, log) -> None:
+        """BERT-shaped: the discriminator as transformers' ElectraForPreTraining in out_dir and the
+        generator as ElectraForMaskedLM in out_dir/generator (pretrain/hf/electra.py). Otherwise
+        (ModernBERT, ALBERT): the encoder in the architecture's usual export (its MLM head is not
+        trained by ELECTRA: do not use its masked-LM logits) plus the discriminator head's
+        weights in discriminator_head.safetensors."""
+        from pretrain.hf.electra import check_exportable, export_electra
+        from pretrain.hf.errors import ExportError
+
+        try:
+            check_exportable(model.cfg, self.generator_cfg)
+        except ExportError as e:
+            from safetensors.torch import save_file
+
+            from pretrain.hf.export import export_hf
+
+            log(f"warning: {e}; exporting the discriminator's encoder as {model.cfg.arch} (its MLM head is "
+                "untrained under ELECTRA) and its head as discriminator_head.safetensors")
+            export_hf(model, model.cfg, tokenizer_file, out_dir)
+            head = model.objective_modules["discriminator"]
+            save_file({k: v.detach().float().contiguous() for k, v in head.state_dict().items()},
+                      f"{out_dir}/discriminator_head.safetensors")
+            return
+        export_electra(model, tokenizer_file, out_dir)
+        log(f"export: the discriminator as ElectraForPreTraining ({out_dir}), the generator as ElectraForMaskedLM "
+            f"({out_dir}/generator)")
+
     # ---------------------------------------------------------------- loss
     def counts(self, batch: dict) -> torch.Tensor:
         labels = batch["labels"]

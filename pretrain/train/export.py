@@ -7,7 +7,6 @@ from omegaconf import OmegaConf
 
 def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=print) -> str:
     from parallel.convert import consolidate_fp32
-    from pretrain.hf.export import export_hf
     from pretrain.model import build_model
     from pretrain.model.config import ModelConfig
     from pretrain.shardformat import load_manifest
@@ -29,11 +28,11 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
         state = {k: v for k, v in state.items() if not _layer_at_or_above(k, depth)}
         mcfg.num_layers = depth
         log(f"export: progressive stacking had reached {depth} of {cfg.model.num_layers} layers at {checkpoint}")
-    own = sorted({k.split(".")[1] for k in state if k.startswith("objective_modules.")})
-    if own:   # the objective's own modules (a head, a generator) are not part of the encoder export
-        state = {k: v for k, v in state.items() if not k.startswith("objective_modules.")}
-        log(f"export: the encoder and its MLM head; the objective's own modules ({', '.join(own)}) stay in {checkpoint}")
+    from pretrain.objectives import build_objective
+
+    objective = build_objective(cfg.objective, mcfg)
     model = build_model(mcfg)
+    model.attach_objective(objective)   # its own modules are in the checkpoint too
     bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
     if bad:  # never written by this trainer (saves check first); an older or foreign checkpoint
         raise ResumeError(f"{checkpoint}: weights are not finite ({len(bad)} tensors, e.g. {bad[0]}); not exporting")
@@ -44,13 +43,8 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
             f"{checkpoint}: weights do not match the run's model (missing {sorted(set(missing) - tied)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})"
         )
-    from pretrain.objectives import build_objective
-
-    if not build_objective(cfg.objective, mcfg).trains_mlm_head:
-        log(f"warning: objective={cfg.objective.name} does not train the model's MLM head: the export's encoder "
-            "is what to fine-tune; its masked-LM logits are untrained")
     manifest = load_manifest(cfg.data.path)
-    export_hf(model, mcfg, manifest.tokenizer_file, out_dir)
+    objective.export(model, manifest.tokenizer_file, out_dir, log)
     log(f"exported {checkpoint} -> {out_dir}")
     return out_dir
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 
+import pytest
+
 from ft_helpers import run_inprocess, task_overrides
 from pretrain.finetune.model import BACKBONE_DIR, SOURCE_FILE
 
@@ -44,3 +46,30 @@ def test_albert_export_with_prefix_tuning(tmp_path, random_exports, source_task)
     from pretrain.finetune.reload import load_task_model
 
     assert load_task_model(os.path.join(run_dir, "task")).meta["backbone"]["arch"] == "albert"
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
+def test_an_electra_discriminator_export_fine_tunes(tmp_path, prepared_demo, source_task, method):
+    """objective=electra's export (transformers' ElectraForPreTraining) is a pretrain-finetune
+    backbone: full fine-tuning and LoRA (its ElectraLayer / query, value names)."""
+    import torch
+
+    from pretrain.data.config import ObjectiveConfig
+    from pretrain.hf.electra import export_electra
+    from pretrain.model import build_model
+    from pretrain.model.config import ModelConfig
+    from pretrain.objectives import build_objective
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(arch="bert", vocab_size=2000, hidden_size=64, num_layers=2, num_heads=2, intermediate_size=128,
+                      max_position_embeddings=128, sentence_head="none")
+    model = build_model(cfg)
+    model.attach_objective(build_objective(ObjectiveConfig(name="electra", sentence_task="none",
+                                                           generator_hidden_fraction=0.5), cfg))
+    export = tmp_path / "electra"
+    export_electra(model, os.path.join(prepared_demo, "tokenizer.json"), export)
+    summary, run_dir = run_inprocess(*task_overrides(source_task, tmp_path, "electra", str(export)), *SHORT,
+                                     f"method={method}")
+    assert summary["final_step"] == 6 and summary["method"] == method
+    task = json.load(open(os.path.join(run_dir, "task", "task.json")))
+    assert task["backbone"]["arch"] == "electra"

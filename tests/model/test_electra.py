@@ -109,3 +109,49 @@ def test_generator_shape_is_a_fraction_in_whole_heads():
     assert generator_config(base, 1 / 3).hidden_size == 256
     with pytest.raises(ValueError, match="generator_hidden_fraction"):
         generator_config(base, 0.0)
+
+
+def _tokenizer(tmp_path, size: int) -> str:
+    """A WordPiece tokenizer.json of `size` tokens (the specials first, as ours)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+                                        + [f"w{i}" for i in range(size - 5)])}
+    tok = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    path = str(tmp_path / "tokenizer.json")
+    tok.save(path)
+    return path
+
+
+def test_export_is_electra_for_pretraining_and_masked_lm_with_our_logits(tmp_path):
+    """BERT-shaped: the discriminator as transformers' ElectraForPreTraining and the generator as
+    ElectraForMaskedLM give our logits to 1e-5 (fp32), from the directories written by export."""
+    from transformers import ElectraForMaskedLM, ElectraForPreTraining
+
+    from pretrain.hf.electra import export_electra
+
+    model, obj, batch = electra("bert")
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(3):   # move every weight away from its initialisation
+        _, loss, _ = step(model, obj, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    export_electra(model, _tokenizer(tmp_path, model.cfg.vocab_size), tmp_path / "export")
+    ids, tt, mask = batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+    with torch.no_grad():
+        hidden, ctx = model.encode(ids, tt, mask, unpad=False)
+        ours_disc = model.objective_modules["discriminator"](model.heads.final_norm(hidden))
+        generator = model.objective_modules["generator"]
+        g_hidden, g_ctx = generator.encode(ids, tt, mask, unpad=False)
+        ours_gen = generator.heads(g_hidden, g_ctx, None).mlm_logits
+        disc = ElectraForPreTraining.from_pretrained(tmp_path / "export").eval()
+        gen = ElectraForMaskedLM.from_pretrained(tmp_path / "export" / "generator").eval()
+        theirs_disc = disc(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
+        theirs_gen = gen(input_ids=ids, attention_mask=mask, token_type_ids=tt).logits
+    real = mask.bool()
+    torch.testing.assert_close(theirs_disc[real], ours_disc[real], rtol=0, atol=1e-5)
+    torch.testing.assert_close(theirs_gen[real], ours_gen[real], rtol=0, atol=1e-5)
