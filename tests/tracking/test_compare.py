@@ -94,3 +94,32 @@ def test_null_values_from_a_diverged_run_are_read_counted_and_not_plotted(tmp_pa
     assert "non-finite values, left out of the plots: train/loss x4" in captured.err
     row = {line.split()[0]: line.split()[1:] for line in captured.out.splitlines() if line.strip()}
     assert row["train/loss"] == ["nan"]
+
+
+def test_an_objectives_declared_metrics_are_plotted_and_its_primary_metric_is_the_best_row(tmp_path, capsys):
+    """A run whose objective.json declares metrics nobody else knows (e.g. ELECTRA's disc_acc):
+    pretrain-compare plots them by default and reports the best of the objective's primary metric;
+    pretrain-status shows its `shown` ones."""
+    import json
+
+    from launch.compare import choose_metrics
+    from launch.status import shown_metrics
+    from pretrain.tracking.reader import read_run
+
+    path = tmp_path / "electra"
+    t = build_tracker({"backends": ["jsonl"]}, path, "electra", None)
+    for s in range(1, 41):
+        t.log({"train/loss": 10 / s, "train/disc_acc": 1 - 1 / s, "train/replaced_fraction": 0.15, "train/lr": 1e-4}, s)
+        if s % 10 == 0:
+            t.log({"eval/loss": 5 / s, "eval/disc_acc": s / 50}, s)
+    t.close()
+    (path / "objective.json").write_text(json.dumps({"name": "electra", "metrics": ["disc_acc", "replaced_fraction"],
+                                                     "shown": ["disc_acc"], "primary": "eval/disc_acc"}))
+    run = read_run(path)
+    assert choose_metrics([run], None) == ["train/loss", "eval/loss", "train/disc_acc", "train/replaced_fraction",
+                                           "eval/disc_acc"]
+    assert shown_metrics(run) == ["train/loss", "train/disc_acc", "train/lr", "train/tokens_per_s", "eval/loss",
+                                  "eval/disc_acc"]
+    assert main([str(path), "--out", str(tmp_path / "e.png")]) == 0
+    best = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("best "))
+    assert best.startswith("best eval/disc_acc") and "0.8000 @40" in best
