@@ -16,6 +16,11 @@ Each selected position becomes [MASK] with p=mask_token_prob, a random non-speci
 p=random_token_prob, and stays unchanged otherwise; ``labels`` holds the original id there and
 -100 elsewhere. The generator of an example is seeded by (seed, epoch, doc id, example index),
 so a resumed or re-split run sees the same masks.
+
+`sample_uniform` [M] float32 holds one uniform number per masked position (row-major, the order of
+`masked_index`), from the example's own stream (seed, epoch, doc id, example index, a purpose of
+its own): an objective that samples a token there (ELECTRA's generator) draws with it, so a
+sample depends on the example alone, never on the step, rank or world size.
 """
 from __future__ import annotations
 
@@ -30,6 +35,7 @@ from pretrain.data.tokens import TokenTable
 from pretrain.model.layout import batch_layout
 
 PURPOSE_MASK = 5
+PURPOSE_SAMPLE = 6
 MASKING_MODES = ("token", "whole_word", "span")
 
 
@@ -48,13 +54,16 @@ class Masker:
         rows = [[r] if isinstance(r, Example) else list(r) for r in rows]
         examples = [ex for row in rows for ex in row]
         ids, tt, labels, lengths = self._encode(examples)
+        uniform = np.stack([rng_for(self.seed, ex.epoch, ex.doc_id, PURPOSE_SAMPLE, ex.index).random(self.L)
+                            for ex in examples])
         b, n, L = len(rows), len(examples), self.L
         if n == b:   # one example per row: the rows are the encoded examples
-            out_ids, out_tt, out_labels = ids, tt, labels
+            out_ids, out_tt, out_labels, out_uniform = ids, tt, labels, uniform
             attention = (np.arange(L)[None, :] < lengths[:, None]).astype(np.int64)
             positions = np.broadcast_to(np.arange(L, dtype=np.int64), (b, L)).copy()
         else:
-            out_ids, out_tt, out_labels, attention, positions = self._place(rows, ids, tt, labels, lengths)
+            out_ids, out_tt, out_labels, attention, positions, out_uniform = self._place(rows, ids, tt, labels, lengths,
+                                                                                        uniform)
         batch = {
             "input_ids": torch.from_numpy(out_ids),
             "token_type_ids": torch.from_numpy(out_tt),
@@ -62,11 +71,12 @@ class Masker:
             "labels": torch.from_numpy(out_labels),
             "position_ids": torch.from_numpy(positions),
             "sentence_label": torch.tensor([ex.label for ex in examples], dtype=torch.int64),
+            "sample_uniform": torch.from_numpy(out_uniform[out_labels != -100].astype(np.float32)),
         }
         batch.update(batch_layout(batch["attention_mask"], batch["position_ids"], batch["labels"]))
         return batch
 
-    def _place(self, rows, ids, tt, labels, lengths):
+    def _place(self, rows, ids, tt, labels, lengths, uniform):
         """Examples ([N, L] left-aligned) -> rows [B, L]: each at its offset; positions restart at
         0 per example; pads continue their row's last example."""
         b, L = len(rows), self.L
@@ -87,7 +97,8 @@ class Masker:
         out_labels = np.full((b, L), -100, dtype=np.int64)
         attention = np.zeros((b, L), dtype=np.int64)
         positions = np.zeros((b, L), dtype=np.int64)
-        for out, values in ((out_ids, ids), (out_tt, tt), (out_labels, labels)):
+        out_uniform = np.zeros((b, L))
+        for out, values in ((out_ids, ids), (out_tt, tt), (out_labels, labels), (out_uniform, uniform)):
             out.reshape(-1)[dest] = values.reshape(-1)[src]
         attention.reshape(-1)[dest] = 1
         positions.reshape(-1)[dest] = within
@@ -96,7 +107,7 @@ class Masker:
         col = np.arange(L)[None, :]
         tail = col >= fill[:, None]
         positions = np.where(tail, col - last_start[:, None], positions)
-        return out_ids, out_tt, out_labels, attention, positions
+        return out_ids, out_tt, out_labels, attention, positions, out_uniform
 
     def _encode(self, examples: Sequence[Example]):
         """Each example as [CLS] A [SEP] (B [SEP]), padded to L, masked: ids, token types, labels

@@ -15,8 +15,11 @@ from .config import ModelConfig
 from .heads import PretrainingHeads, PretrainingOutput
 
 SENTENCE_HEADS = ("sop", "nsp", "none")
+# Batch fields only an objective's own forward reads (pretrain/data/masking.py: one uniform number
+# per masked position, for objectives that sample there); the model's forward passes them on.
+OBJECTIVE_INPUTS = ("sample_uniform",)
 # The batch keys `forward` takes (what an engine hands it from a loader's batch).
-MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids") + LAYOUT_KEYS
+MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids") + LAYOUT_KEYS + OBJECTIVE_INPUTS
 
 
 class PretrainingModel(nn.Module):
@@ -80,10 +83,12 @@ class PretrainingModel(nn.Module):
         layout: the batch's layout fields (pretrain/model/layout.py: cu_seqlens, max_seqlen,
         token_index, example_starts, masked_index), made by the loader on the CPU so this forward
         never asks the device for a shape; absent ones are computed here."""
-        unknown = set(layout) - set(LAYOUT_KEYS)
+        unknown = set(layout) - set(LAYOUT_KEYS) - set(OBJECTIVE_INPUTS)
         if unknown:
             raise TypeError(f"PretrainingModel.forward got unexpected arguments {sorted(unknown)}")
-        if self._objective_forward is not None:
+        if self._objective_forward is None:
+            layout = {k: v for k, v in layout.items() if k not in OBJECTIVE_INPUTS}
+        else:
             return self._objective_forward(self, input_ids=input_ids, token_type_ids=token_type_ids,
                                            attention_mask=attention_mask, labels=labels, position_ids=position_ids,
                                            all_positions=all_positions, **layout)
@@ -100,6 +105,7 @@ class PretrainingModel(nn.Module):
                unpad: Optional[bool] = None, **layout) -> tuple[torch.Tensor, AttentionContext]:
         """(the encoder's last hidden states in the context's layout ([T, H] unpadded, else
         [B, L, H]), the AttentionContext): what the heads, or an objective's own modules, read."""
+        layout = {k: v for k, v in layout.items() if k in LAYOUT_KEYS}   # not an objective's own inputs
         ctx = AttentionContext(attention_mask, position_ids, input_ids, unpad=self.cfg.unpad if unpad is None else unpad,
                                backend=self.cfg.attention_backend, layout=layout)
         tt = None if token_type_ids is None else ctx.to_layout(token_type_ids)

@@ -3,8 +3,10 @@
 A small generator (a masked LM of the model's architecture, `generator_hidden_fraction` of its
 hidden size, the same depth, whole attention heads of the model's head size) reads the masked
 batch and predicts the masked tokens; a token is sampled from its softmax at every masked position
-(Gumbel-max, from the RNG the engine seeds per (seed, step, micro-batch, rank), so a resumed run
-samples the same replacements); the model itself, the discriminator, reads the corrupted batch
+by inverse CDF with the batch's `sample_uniform` (one number per masked position from the
+example's own stream: pretrain/data/masking.py), so a sample depends on the example alone, the
+same after a resume, at any world size (a batch without it, not from our loader, samples by
+Gumbel-max from the RNG the engine seeds per step, micro-batch and rank); the model itself, the discriminator, reads the corrupted batch
 and predicts for every real token whether it was replaced (a sampled token equal to the original
 counts as not replaced, as in the paper). Generator and discriminator share the token, position
 and token-type embeddings (one tensor: one gradient, one optimizer state); the generator projects
@@ -84,6 +86,14 @@ class DiscriminatorHead(nn.Module):
         return self.dense_prediction(self.act(self.dense(hidden))).squeeze(-1)
 
 
+def inverse_cdf_sample(logits: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One token per row of logits [M, V] from softmax(logits), using uniform [M] in [0, 1): the
+    first token whose cumulative probability exceeds it. No host sync."""
+    cdf = torch.cumsum(torch.softmax(logits.float(), dim=-1), dim=-1)
+    u = uniform.to(device=cdf.device, dtype=cdf.dtype).reshape(-1, 1) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_(max=logits.shape[-1] - 1)
+
+
 def gumbel_sample(logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """One token per row from softmax(logits), as argmax(logits + Gumbel noise): no host sync."""
     u = torch.rand(logits.shape, device=logits.device, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
@@ -138,11 +148,15 @@ class Electra(Objective):
         if flat is None:
             flat = torch.nonzero(labels.reshape(-1) != IGNORE_INDEX).squeeze(1)
         flat = flat.to(input_ids.device)
+        uniform = layout.get("sample_uniform")
         with torch.no_grad():
-            rng = None
-            if not model.training:   # evaluation: the same replacements every time
-                rng = torch.Generator(device=input_ids.device).manual_seed(self.EVAL_SEED)
-            sampled = gumbel_sample(gen_out.mlm_logits.detach(), rng)
+            if uniform is not None:
+                sampled = inverse_cdf_sample(gen_out.mlm_logits.detach(), uniform)
+            else:
+                rng = None
+                if not model.training:   # evaluation: the same replacements every time
+                    rng = torch.Generator(device=input_ids.device).manual_seed(self.EVAL_SEED)
+                sampled = gumbel_sample(gen_out.mlm_logits.detach(), rng)
             corrupted = input_ids.reshape(-1).index_copy(0, flat, sampled).view_as(input_ids)
             replaced = torch.zeros(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
             replaced = replaced.index_copy(0, flat, sampled != gen_out.mlm_labels).view_as(input_ids)

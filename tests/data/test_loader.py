@@ -95,9 +95,11 @@ def test_batch_contract_and_stats(make_cfg, packing):
     batches = take(iter(ld), 2)
     b = batches[1]
     assert set(b) == {"input_ids", "token_type_ids", "attention_mask", "labels", "sentence_label", "position_ids",
-                      "cu_seqlens", "max_seqlen", "token_index", "example_starts", "masked_index"}
-    assert all(v.dtype == (torch.int32 if k == "cu_seqlens" else torch.int64)
-               for k, v in b.items() if k != "max_seqlen")
+                      "cu_seqlens", "max_seqlen", "token_index", "example_starts", "masked_index", "sample_uniform"}
+    dtypes = {"cu_seqlens": torch.int32, "sample_uniform": torch.float32}
+    assert all(v.dtype == dtypes.get(k, torch.int64) for k, v in b.items() if k != "max_seqlen")
+    assert b["sample_uniform"].shape == b["masked_index"].shape
+    assert ((b["sample_uniform"] >= 0) & (b["sample_uniform"] < 1)).all()
     n = len(b["example_starts"])
     assert b["input_ids"].shape == (8, 64) and b["sentence_label"].shape == (n,) and b["cu_seqlens"].shape == (n + 1,)
     assert (n > 8) == packing and n >= 8

@@ -27,14 +27,18 @@ def cfg(data_dir, **kw):
 
 
 def examples_of(batch):
-    """{(epoch, doc, index): (input_ids, token types, labels)} of every example of a batch, read
-    through the batch's own layout (example_starts, cu_seqlens)."""
+    """{(epoch, doc, index): (input_ids, token types, labels, sampling uniforms at its masked
+    positions)} of every example of a batch, read through the batch's own layout (example_starts,
+    cu_seqlens, masked_index)."""
     out = {}
     lengths = (batch["cu_seqlens"][1:] - batch["cu_seqlens"][:-1]).tolist()
     flat = {k: batch[k].reshape(-1) for k in ("input_ids", "token_type_ids", "labels")}
+    masked = batch["masked_index"]
+    assert batch["sample_uniform"].shape == masked.shape
     for k, (start, n) in enumerate(zip(batch["example_starts"].tolist(), lengths)):
         key = (int(batch["epoch"][k]), int(batch["doc_id"][k]), int(batch["example_index"][k]))
-        out[key] = tuple(flat[f][start:start + n] for f in flat)
+        mine = (masked >= start) & (masked < start + n)
+        out[key] = tuple(flat[f][start:start + n] for f in flat) + (batch["sample_uniform"][mine],)
     return out
 
 
@@ -61,7 +65,7 @@ def test_every_example_in_one_row_same_tokens_and_mask_anywhere(data_dir, task):
     assert max(seen.values()) == 1
     if task == "none":   # MLM-only with packing: whole documents, cut at max_seq_len, nothing lost
         tokens = {}
-        for (e, d, i), (ids, _, labels) in got.items():
+        for (e, d, i), (ids, _, labels, _) in got.items():
             tokens.setdefault(d, {})[i] = torch.where(labels != -100, labels, ids)[1:-1]
         manifest = load_manifest(data_dir)
         for url in manifest.shard_urls("train")[:2]:

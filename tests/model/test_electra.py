@@ -155,3 +155,22 @@ def test_export_is_electra_for_pretraining_and_masked_lm_with_our_logits(tmp_pat
     real = mask.bool()
     torch.testing.assert_close(theirs_disc[real], ours_disc[real], rtol=0, atol=1e-5)
     torch.testing.assert_close(theirs_gen[real], ours_gen[real], rtol=0, atol=1e-5)
+
+
+def test_with_the_loaders_uniforms_the_replacements_depend_on_the_examples_alone():
+    """With `sample_uniform` (one number per masked position, from each example's own stream) the
+    replacements do not depend on the RNG state (nor on the step, rank or world size); the inverse
+    CDF draws from the softmax."""
+    from pretrain.objectives.electra import inverse_cdf_sample
+
+    model, obj, batch = electra("bert")
+    batch["sample_uniform"] = torch.rand(batch["masked_index"].numel(), generator=torch.Generator().manual_seed(3))
+    outs = []
+    with torch.no_grad():
+        for seed in (7, 8):
+            torch.manual_seed(seed)
+            outs.append(model(**{k: batch[k] for k in (*KEYS, "sample_uniform")}).disc_logits)
+    assert torch.equal(outs[0], outs[1])
+    logits = torch.log(torch.tensor([[0.1, 0.2, 0.7], [0.5, 0.25, 0.25]]))
+    picks = inverse_cdf_sample(logits.repeat(3, 1), torch.tensor([0.05, 0.05, 0.25, 0.6, 0.95, 0.8]))
+    assert picks.tolist() == [0, 0, 1, 1, 2, 2]
