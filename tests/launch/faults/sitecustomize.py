@@ -5,7 +5,8 @@ Put this directory on PYTHONPATH and set PRETRAIN_TEST_FAULTS to a JSON object, 
 On that rank, the n-th training loss this process computes (n = 1, 2, ...; one per micro-batch,
 so the step number of a fresh run with grad_accum=1) is made NaN ("nan"), keeps its value but
 gets a NaN gradient ("grad_nan"), or is multiplied ("scale": a loss spike with a matching
-gradient). It wraps pretrain.train.build._loss, the one loss function the trainer hands the engine.
+gradient). It wraps pretrain.objectives.base.Objective.__call__, what the engine calls for the
+loss of every micro-batch (whatever the objective).
 """
 import json
 import os
@@ -17,7 +18,7 @@ if _SPEC and os.environ.get("RANK") is not None:
     if int(os.environ["RANK"]) == int(spec.get("rank", 0)):
         import torch
 
-        import pretrain.train.build as build
+        from pretrain.objectives import base
 
         class _NanGrad(torch.autograd.Function):
             @staticmethod
@@ -28,11 +29,11 @@ if _SPEC and os.environ.get("RANK") is not None:
             def backward(ctx, grad):
                 return grad * float("nan")
 
-        real_loss = build._loss
+        real_call = base.Objective.__call__
         calls = {"n": 0}
 
-        def faulty_loss(*args, **kwargs):
-            loss, stats = real_loss(*args, **kwargs)
+        def faulty_call(self, *args, **kwargs):
+            loss, stats = real_call(self, *args, **kwargs)
             if not torch.is_grad_enabled():  # evaluation
                 return loss, stats
             calls["n"] += 1
@@ -45,4 +46,4 @@ if _SPEC and os.environ.get("RANK") is not None:
                 loss = loss * float(spec["scale"][str(n)])
             return loss, stats
 
-        build._loss = faulty_loss
+        base.Objective.__call__ = faulty_call
