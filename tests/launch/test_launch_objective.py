@@ -1,8 +1,9 @@
 """Objectives through pretrain-launch at world size 2, with no change to the engine, the loop or the
 tracker: one defined outside the package (tests/launch/parity_objective.py: its own head, metric
-and loss) and ELECTRA (a generator of its own sharing the embeddings; replacements sampled from
-the RNG the engine seeds, so a resumed run samples the same ones) train, log, evaluate and resume
-exactly (the losses of a run stopped at step 3 and relaunched equal an uninterrupted run's)."""
+and loss) and ELECTRA (bf16, ZeRO-2, gradient checkpointing; a generator of its own sharing the
+embeddings; replacements drawn with the loader's per-example uniforms, so a resumed run samples the
+same ones) train, log, evaluate and resume exactly (the losses of a run stopped at step 3 and
+relaunched equal an uninterrupted run's)."""
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ COMMON = ("cluster.nproc=2", "trainer.checkpoint_every=3", "trainer.eval_every=3
 CASES = {
     "parity": (("objective=mlm", "objective.name=parity_objective:MaskedLMWithParity"), "mlm_parity",
                ("parity_loss", "parity_acc", "mlm_acc"), ("mlm_loss", "parity_loss")),
-    "electra": (("objective=electra", "parallel=zero2"), "electra",
+    "electra": (("objective=electra", "parallel=zero2", "precision=bf16", "model.gradient_checkpointing=true"), "electra",
                 # (disc_precision is left out of a record while the discriminator predicts no replacement)
                 ("disc_acc", "disc_recall", "replaced_fraction", "mlm_acc"), ("mlm_loss", "disc_loss")),
 }
