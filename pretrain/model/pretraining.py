@@ -86,9 +86,7 @@ class PretrainingModel(nn.Module):
         unknown = set(layout) - set(LAYOUT_KEYS) - set(OBJECTIVE_INPUTS)
         if unknown:
             raise TypeError(f"PretrainingModel.forward got unexpected arguments {sorted(unknown)}")
-        if self._objective_forward is None:
-            layout = {k: v for k, v in layout.items() if k not in OBJECTIVE_INPUTS}
-        else:
+        if self._objective_forward is not None:
             return self._objective_forward(self, input_ids=input_ids, token_type_ids=token_type_ids,
                                            attention_mask=attention_mask, labels=labels, position_ids=position_ids,
                                            all_positions=all_positions, **layout)
@@ -102,12 +100,17 @@ class PretrainingModel(nn.Module):
 
     def encode(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None,
                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *,
-               unpad: Optional[bool] = None, **layout) -> tuple[torch.Tensor, AttentionContext]:
+               unpad: Optional[bool] = None, ctx: Optional[AttentionContext] = None,
+               **layout) -> tuple[torch.Tensor, AttentionContext]:
         """(the encoder's last hidden states in the context's layout ([T, H] unpadded, else
-        [B, L, H]), the AttentionContext): what the heads, or an objective's own modules, read."""
-        layout = {k: v for k, v in layout.items() if k in LAYOUT_KEYS}   # not an objective's own inputs
-        ctx = AttentionContext(attention_mask, position_ids, input_ids, unpad=self.cfg.unpad if unpad is None else unpad,
-                               backend=self.cfg.attention_backend, layout=layout)
+        [B, L, H]), the AttentionContext): what the heads, or an objective's own modules, read.
+        `ctx`: a context of the same rows to reuse (a second pass over them, e.g. ELECTRA's
+        discriminator after its generator: masks, rotary tables and indices are made once)."""
+        if ctx is None:
+            layout = {k: v for k, v in layout.items() if k in LAYOUT_KEYS}   # not an objective's own inputs
+            ctx = AttentionContext(attention_mask, position_ids, input_ids,
+                                   unpad=self.cfg.unpad if unpad is None else unpad,
+                                   backend=self.cfg.attention_backend, layout=layout)
         tt = None if token_type_ids is None else ctx.to_layout(token_type_ids)
         x = self.embeddings((ctx.to_layout(input_ids), tt), ctx)
         for layer in self.encoder_layers():

@@ -53,7 +53,6 @@ class Objective(ABC):
     eval_loss_metrics: ClassVar[tuple[str, ...]] = ()
     shown: ClassVar[tuple[str, ...]] = ()
     eval_totals: ClassVar[dict[str, str]] = {}   # eval/<name> = the summed stat (e.g. how many predictions)
-    trains_mlm_head: ClassVar[bool] = True         # whether the model's own MLM head learns (export says so)
 
     def __init__(self, cfg, model_cfg: ModelConfig):
         """cfg: the objective config (pretrain.data.config.ObjectiveConfig: masking, weights)."""

@@ -112,7 +112,6 @@ class Electra(Objective):
     eval_loss_metrics = ("mlm_loss", "disc_loss")
     shown = ("disc_acc", "mlm_acc", "disc_recall")
     eval_totals = {"masked_tokens": "mlm_count"}
-    trains_mlm_head = False
     EVAL_SEED = 20201
 
     def __init__(self, cfg, model_cfg: ModelConfig):
@@ -160,11 +159,10 @@ class Electra(Objective):
             corrupted = input_ids.reshape(-1).index_copy(0, flat, sampled).view_as(input_ids)
             replaced = torch.zeros(input_ids.numel(), dtype=torch.bool, device=input_ids.device)
             replaced = replaced.index_copy(0, flat, sampled != gen_out.mlm_labels).view_as(input_ids)
-        d_hidden, d_ctx = model.encode(corrupted, token_type_ids, attention_mask, position_ids, unpad=unpad, **layout)
-        d_hidden = model.heads.final_norm(d_hidden)
-        logits = model.objective_modules["discriminator"](d_hidden)
-        valid = d_ctx.valid
-        return ElectraOutput(gen_out, logits, d_ctx.to_layout(replaced), d_ctx.to_layout(valid))
+        # The same rows: the generator's context (layout on the device, masks, rotary tables) serves.
+        d_hidden, _ = model.encode(corrupted, token_type_ids, ctx=ctx)
+        logits = model.objective_modules["discriminator"](model.heads.final_norm(d_hidden))
+        return ElectraOutput(gen_out, logits, ctx.to_layout(replaced), ctx.to_layout(ctx.valid))
 
     def export(self, model, tokenizer_file: str, out_dir: str, log) -> None:
         """BERT-shaped: the discriminator as transformers' ElectraForPreTraining in out_dir and the

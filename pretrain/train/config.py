@@ -242,13 +242,10 @@ def _check_relations(cfg: DictConfig) -> None:
         raise ConfigError(
             f"config: objective.mask_token_prob + objective.random_token_prob = {o.mask_token_prob + o.random_token_prob} > 1"
         )
-    if o.sentence_task != "none" and m.sentence_head == "none":
-        raise ConfigError(f"config: objective.sentence_task={o.sentence_task!r} needs a sentence head; model.sentence_head "
-                          "is 'none' (objective=mlm trains masked-LM only; objective=auto follows the model)")
     from pretrain.model.config import ModelConfig
     from pretrain.objectives import build_objective
 
-    try:   # the objective's own checks (its name, the head it needs), on the config as given
+    try:   # the objective's own checks (its name, its sentence task, the head it needs), on the config as given
         objective = build_objective(o, ModelConfig(**OmegaConf.to_container(m, resolve=True)))
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None

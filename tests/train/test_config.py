@@ -34,7 +34,7 @@ def test_default_objective_fits_the_model_preset(model, task):
 
 
 def test_an_explicit_objective_that_needs_a_missing_head_is_refused():
-    with pytest.raises(ConfigError, match="objective.sentence_task='sop' needs a sentence head"):
+    with pytest.raises(ConfigError, match="objective=mlm_sop needs a sentence head; model.sentence_head is 'none'"):
         validate(_compose("model=modernbert-mini", "objective=mlm_sop"))
 
 
