@@ -36,18 +36,27 @@ def preflight(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
 
     from launch.precision import settle_launch_precision
 
-    if not cfg.data.path or not os.path.isdir(cfg.data.path):
-        raise ConfigError(f"config key 'data.path' = {cfg.data.path!r}: no such directory (run pretrain-prepare first)")
-    manifest = load_manifest(cfg.data.path)
+    from pretrain.data.sources import check_one_tokenizer, data_sources, is_mixture
+
+    sources = data_sources(cfg.data)
+    manifests = []
+    for i, src in enumerate(sources):
+        key = f"data.sources[{i}].path" if is_mixture(cfg.data) else "data.path"
+        if not os.path.isdir(src.path):
+            raise ConfigError(f"config key {key!r} = {src.path!r}: no such directory (run pretrain-prepare first)")
+        manifest = load_manifest(src.path)
+        for split in (cfg.data.train_split, cfg.data.valid_split):
+            if split not in manifest.splits and not (split == cfg.data.valid_split and cfg.trainer.eval_every == 0):
+                raise ConfigError(
+                    f"{os.path.join(src.path, MANIFEST_NAME)} has no split {split!r} (has {sorted(manifest.splits)})"
+                )
+        manifests.append(manifest)
+    check_one_tokenizer(sources, manifests)
+    manifest, data_path = manifests[0], sources[0].path
     if cfg.model.init_from:
-        check_init_tokenizer(cfg.model.init_from, manifest, cfg.data.path)
+        check_init_tokenizer(cfg.model.init_from, manifest, data_path)
         settle_init_from(cfg, overrides)
-    resolve_vocab_size(cfg, manifest.vocab_size, os.path.join(cfg.data.path, MANIFEST_NAME))
-    for split in (cfg.data.train_split, cfg.data.valid_split):
-        if split not in manifest.splits and not (split == cfg.data.valid_split and cfg.trainer.eval_every == 0):
-            raise ConfigError(
-                f"{os.path.join(cfg.data.path, MANIFEST_NAME)} has no split {split!r} (has {sorted(manifest.splits)})"
-            )
+    resolve_vocab_size(cfg, manifest.vocab_size, os.path.join(data_path, MANIFEST_NAME))
     check_ranks_per_node(cfg)
     lines = settle_launch_precision(cfg)
     _check_engine_with_dtype(cfg)

@@ -1,13 +1,28 @@
 """Schema of the `data` and `objective` config groups (defaults live in conf/)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
 
 @dataclass
+class SourceConfig:
+    """One corpus of a mixture (`data.sources`, pretrain/data/mixture.py)."""
+    name: str = "???"                   # letters, digits, _ - . (metric names: train/source/<name>/...)
+    path: str = "???"                   # a prepared directory, as data.path
+    weight: Optional[float] = None      # relative share of training rows; null with data.source_temperature
+    train_urls: Optional[str] = None
+    valid_urls: Optional[str] = None
+
+
+@dataclass
 class DataConfig:
-    path: str = "???"                   # a prepared directory (manifest.json), local or any fs path
+    path: Optional[str] = None          # a prepared directory (manifest.json), local or any fs path
+    # A mixture instead of `path`: several prepared directories (same tokenizer) read at chosen
+    # weights; or, with `source_temperature` T (and no weights), weights proportional to
+    # (train tokens)^(1/T): 1 = by size, larger = flatter (docs/data.md "Mixtures").
+    sources: list[SourceConfig] = field(default_factory=list)
+    source_temperature: Optional[float] = None
     train_split: str = "train"
     valid_split: str = "valid"
     # Shard URL override: glob, brace pattern or `pipe:` command list; None = from the manifest.

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pretrain.data.errors import DataError
-from pretrain.data.plan import resplit
-from pretrain.data.stream import Stream, StreamSpec, fresh_state
+from pretrain.data.mixture import MixtureSpec
+from pretrain.data.stream import StreamSpec
 from pretrain.model.layout import batch_examples
 
 CURSOR_VERSION = 1
@@ -31,7 +31,7 @@ CURSOR_VERSION = 1
 class _RankStreams(IterableDataset):
     """The dataset each DataLoader worker iterates: worker w runs local stream (w + rotation) % W."""
 
-    def __init__(self, spec: StreamSpec, rank: int, n_local: int, n_streams: int, states: list, rotation: int):
+    def __init__(self, spec, rank: int, n_local: int, n_streams: int, states: list, rotation: int):
         self.spec, self.rank, self.n_local, self.n_streams = spec, rank, n_local, n_streams
         self.states, self.rotation = states, rotation
 
@@ -40,7 +40,7 @@ class _RankStreams(IterableDataset):
         worker = info.id if info is not None else 0
         local = (worker + self.rotation) % self.n_local
         index = self.rank * self.n_local + local
-        return iter(Stream(self.spec, index, self.n_streams, self.states[local]))
+        return iter(self.spec.open(index, self.n_streams, self.states[local]))
 
 
 class ResumableLoader:
@@ -50,8 +50,9 @@ class ResumableLoader:
     batch. Finite (eval): every ``iter()`` is a fresh pass, unless a cursor was loaded since.
     """
 
-    def __init__(self, spec: StreamSpec, rank: int, world_size: int, num_workers: int, prefetch_factor: int = 2,
-                 pin_memory: bool = False):
+    def __init__(self, spec: Union[StreamSpec, MixtureSpec], rank: int, world_size: int, num_workers: int,
+                 prefetch_factor: int = 2, pin_memory: bool = False,
+                 on_epoch: Optional[Callable[[str, int], None]] = None):
         if not 0 <= rank < world_size:
             raise DataError(f"rank {rank} outside world_size {world_size}")
         self.spec, self.rank, self.world_size = spec, rank, world_size
@@ -60,15 +61,20 @@ class ResumableLoader:
         self.n_streams = world_size * self.n_local
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory
-        self._states = [fresh_state() for _ in range(self.n_local)]
+        self._states = [spec.fresh_state() for _ in range(self.n_local)]
         self._next = 0
         self._loaded = False
         self.stats: Counter = Counter()   # example-building counters + batches/samples/tokens consumed
+        # A mixture's batches carry `source` (index into these names); on_epoch(source, epoch) is
+        # called when this rank first sees a source's stream start epoch >= 1.
+        self.source_names = tuple(spec.names) if isinstance(spec, MixtureSpec) else None
+        self.on_epoch = on_epoch
+        self._epochs = self._started()
 
     # ---- iteration -------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict]:
         if self.spec.epochs is not None and not self._loaded:
-            self._states, self._next = [fresh_state() for _ in range(self.n_local)], 0
+            self._states, self._next = [self.spec.fresh_state() for _ in range(self.n_local)], 0
         self._loaded = False
         dataset = _RankStreams(self.spec, self.rank, self.n_local, self.n_streams,
                                copy.deepcopy(self._states), self._next)
@@ -83,10 +89,30 @@ class ResumableLoader:
             self._states[local] = state
             self._next = (local + 1) % self.n_local
             self.stats.update(batch.pop("_stats"))
-            self.stats.update({"batches": 1, "samples": batch_examples(batch), "rows": int(batch["input_ids"].shape[0]),
-                               "tokens": int(batch["attention_mask"].sum()),
-                               "masked_tokens": int((batch["labels"] != -100).sum())})
+            counts = {"batches": 1, "samples": batch_examples(batch), "rows": int(batch["input_ids"].shape[0]),
+                      "tokens": int(batch["attention_mask"].sum()),
+                      "masked_tokens": int((batch["labels"] != -100).sum())}
+            self.stats.update(counts)
+            if self.source_names is not None:
+                name = self.source_names[batch["source"]]
+                self.stats.update({f"source/{name}/{k}": v for k, v in counts.items()})
+                self._note_epochs(state)
             yield batch
+
+    def _started(self) -> dict:
+        """Per source, the latest epoch any of this rank's streams has started (-1: none yet)."""
+        out: dict = {}
+        for st in self._states:
+            for name, nxt in self.spec.epochs_of(st).items():
+                out[name] = max(out.get(name, -1), nxt - 1)
+        return out
+
+    def _note_epochs(self, state: dict) -> None:
+        for name, nxt in self.spec.epochs_of(state).items():
+            if nxt - 1 > self._epochs.get(name, -1):
+                self._epochs[name] = nxt - 1
+                if nxt - 1 >= 1 and self.on_epoch is not None:
+                    self.on_epoch(name, nxt - 1)
 
     # ---- cursor ------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -97,7 +123,7 @@ class ResumableLoader:
             "world_size": self.world_size,
             "streams_per_rank": self.n_local,
             "seed": self.spec.seed,
-            "shards": self.spec.shards.fingerprint(),
+            "shards": self.spec.fingerprint(),
             "next_stream": self._next,
             "streams": copy.deepcopy(self._states),
         }
@@ -107,20 +133,21 @@ class ResumableLoader:
         if not isinstance(cursor, dict) or cursor.get("version") != CURSOR_VERSION or "streams" not in cursor:
             raise DataError(f"data cursor is not a merged cursor of version {CURSOR_VERSION} (got keys "
                             f"{sorted(cursor) if isinstance(cursor, dict) else type(cursor).__name__})")
-        if cursor["shards"] != self.spec.shards.fingerprint():
-            raise DataError("data cursor was saved for a different shard list (data.path / train_urls changed); "
-                            "start the data fresh or restore the original shards")
+        if cursor["shards"] != self.spec.fingerprint():
+            raise DataError("data cursor was saved for a different shard list (data.path / train_urls / the names "
+                            "and shards of data.sources changed); start the data fresh or restore the original shards")
         same = cursor["world_size"] == self.world_size and cursor["streams_per_rank"] == self.n_local
         if same:
             lo = self.rank * self.n_local
             self._states = copy.deepcopy(cursor["streams"][lo:lo + self.n_local])
             self._next = int(cursor["next_stream"][self.rank])
         else:
-            new = resplit(cursor["streams"], self.spec.shards, int(cursor["seed"]), self.n_streams)
+            new = self.spec.resplit(cursor["streams"], int(cursor["seed"]), self.n_streams)
             lo = self.rank * self.n_local
             self._states = new[lo:lo + self.n_local]
             self._next = 0
         self._loaded = True
+        self._epochs = self._started()
 
 
 def _one_line_errors(loader) -> Iterator[dict]:

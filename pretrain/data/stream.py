@@ -27,7 +27,7 @@ from pretrain.data.errors import DataError
 from pretrain.data.examples import ExampleStats, build_examples
 from pretrain.data.masking import Masker
 from pretrain.data.packing import Packer
-from pretrain.data.plan import WorkItem, epoch_plan
+from pretrain.data.plan import WorkItem, epoch_plan, resplit
 from pretrain.data.shards import ShardList
 from pretrain.data.tokens import TokenTable
 from pretrain.shardformat import decode_document
@@ -47,6 +47,22 @@ class StreamSpec:
     with_ids: bool = False            # add debug keys doc_id / example_index / epoch (per example)
     packing: bool = False             # several examples per row (pretrain/data/packing.py)
     pack_lookahead: int = 1           # examples the packer holds when packing (data.pack_lookahead)
+
+    # What the loader asks of any spec (this one, or a mixture's: pretrain/data/mixture.py).
+    def fresh_state(self) -> dict:
+        return fresh_state()
+
+    def open(self, index: int, n_streams: int, state: dict) -> "Stream":
+        return Stream(self, index, n_streams, state)
+
+    def fingerprint(self) -> str:
+        return self.shards.fingerprint()
+
+    def resplit(self, streams: list, seed: int, n_new: int) -> list:
+        return resplit(streams, self.shards, seed, n_new)
+
+    def epochs_of(self, state: dict) -> dict:
+        return {"data": int(state["next_epoch"])}
 
 
 def fresh_state() -> dict:

@@ -12,12 +12,13 @@ from parallel.ds_config import accumulates_in_fp32
 from parallel.engine import build_engine, layout_of
 from parallel.topology import detect, init_distributed
 from pretrain.data import build_eval_loader, build_train_loader, check_vocab_size
+from pretrain.data.build import load_source_manifests
+from pretrain.data.sources import is_mixture
 from pretrain.model import build_model
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import batch_flops
 from pretrain.model.pretraining import MODEL_INPUTS
 from pretrain.objectives import build_objective
-from pretrain.shardformat import load_manifest
 from pretrain.tracking import build_tracker
 from pretrain.train.budget import schedule_steps
 from pretrain.train.checkpoint_manager import CheckpointManager
@@ -31,7 +32,7 @@ class Parts:
     topo: Any
     engine: Any
     train_loader: Any
-    eval_loader_factory: Callable[[], Any]
+    eval_loader_factory: Any      # () -> loader, or {source name: () -> loader} for a mixture
     tracker: Any
     state: TrainState
     checkpoints: CheckpointManager
@@ -76,7 +77,8 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     if len(model.objective_modules) and not objective.has_own_forward():
         raise ValueError(f"objective.name={objective.name}: its own modules need its own forward to be used")
     model.set_packed_rows(cfg.data.packing)   # the pipeline form's layers cannot see the batch's layout
-    manifest = load_manifest(cfg.data.path)
+    manifests = load_source_manifests(cfg.data)   # name -> Manifest; one tokenizer for all
+    manifest = next(iter(manifests.values()))
     manager = CheckpointManager(run_dir, cfg.trainer.keep_checkpoints, log)
     parallel_cfg, precision_cfg, optim_cfg, schedule_cfg = (
         OmegaConf.to_object(cfg[group]) for group in ("parallel", "precision", "optim", "schedule"))
@@ -129,9 +131,13 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     # the same batches (the first stage needs the inputs, the last the labels).
     pin = topo.device.type == "cuda"   # page-locked host batches: asynchronous copies to the GPU
     train_loader = build_train_loader(
-        cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest, with_ids=cfg.trainer.record_samples,
-        pin_memory=pin,
+        cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifests, with_ids=cfg.trainer.record_samples,
+        pin_memory=pin, on_epoch=lambda name, epoch: log(f"data: source {name} starts epoch {epoch} "
+                                                         "(its data is read again)"),
     )
+    if train_loader.source_names is not None:
+        weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(train_loader.source_names, train_loader.spec.weights))
+        log(f"data: mixture of {len(weights.split(', '))} sources, weights {weights}")
     log(f"data: {train_loader.num_workers} loader worker(s) per rank"
         + (" (data.num_workers=null: from the CPUs per rank)" if cfg.data.num_workers is None else ""))
     if state.data_cursor:
@@ -157,8 +163,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         topo=topo,
         engine=engine,
         train_loader=train_loader,
-        eval_loader_factory=lambda: build_eval_loader(cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifest,
-                                                      pin_memory=pin),
+        eval_loader_factory=eval_loader_factories(cfg, topo, manifests, pin),
         tracker=tracker,
         state=state,
         checkpoints=manager,
@@ -169,3 +174,14 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         schedule_span=schedule_span,
     )
 
+
+
+def eval_loader_factories(cfg: DictConfig, topo, manifests: dict, pin: bool):
+    """One factory (data.path) or {source: factory} (a mixture: evaluated per source and overall)."""
+    def factory(source):
+        return lambda: build_eval_loader(cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifests,
+                                         pin_memory=pin, source=source)
+
+    if not is_mixture(cfg.data):
+        return factory(None)
+    return {name: factory(name) for name in manifests}

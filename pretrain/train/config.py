@@ -252,6 +252,13 @@ def _check_relations(cfg: DictConfig) -> None:
     if cfg.parallel.pipeline_stages > 1 and objective.has_own_forward():
         raise ConfigError(f"config: objective.name={o.name} runs its own forward, which the pipeline engine cannot "
                           "split into stages; use parallel.pipeline_stages=1")
+    from pretrain.data.errors import DataError
+    from pretrain.data.sources import data_sources
+
+    try:   # data.path or data.sources (names, weights): the one check the loader makes too
+        data_sources(d)
+    except DataError as e:
+        raise ConfigError(str(e) if str(e).startswith("config") else f"config: {e}") from None
     if d.num_workers is not None and d.num_workers < 0:
         raise ConfigError(f"config key 'data.num_workers' = {d.num_workers}; must be >= 0")
     if t.max_steps is None and t.max_tokens is None and t.max_time is None:
@@ -392,4 +399,5 @@ def config_hash(cfg: DictConfig) -> str:
     keyed = {k: container[k] for k in ("model", "data", "objective")}
     keyed["model"] = {k: v for k, v in keyed["model"].items() if k not in ("gradient_checkpointing", "init_from")}
     keyed["data"] = {k: v for k, v in keyed["data"].items() if k not in ("num_workers", "prefetch_factor", "path", "train_urls", "valid_urls")}
+    keyed["data"]["sources"] = [{k: v for k, v in s.items() if k in ("name", "weight")} for s in keyed["data"].get("sources", [])]
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]

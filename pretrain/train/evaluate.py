@@ -1,13 +1,34 @@
 """Held-out evaluation: the objective's metrics (e.g. masked-LM accuracy, the MLPerf BERT metric)
-over the validation split, exact over all ranks (sums reduced before dividing), and eval/loss."""
+over the validation split, exact over all ranks (sums reduced before dividing), and eval/loss.
+A mixture is evaluated per source (eval/<source>/<metric>) and overall (eval/<metric>: the
+sources' sums together, so each source counts by its validation size)."""
 from __future__ import annotations
 
 import itertools
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Union
 
 from parallel.topology import reduce_sum
 
-def evaluate(engine, objective, loader_factory: Callable, max_batches: Optional[int]) -> dict[str, float]:
+
+def evaluate(engine, objective, loader_factories: Union[Callable, Mapping[str, Callable]],
+             max_batches: Optional[int]) -> dict[str, float]:
+    """`loader_factories`: one factory (one source), or {source name: factory} (a mixture);
+    `max_batches` per rank and source."""
+    if callable(loader_factories):
+        return objective.evaluation(_totals(engine, objective, loader_factories, max_batches))
+    keys = objective.stat_keys
+    overall = dict.fromkeys(keys, 0.0)
+    out: dict[str, float] = {}
+    for name, factory in loader_factories.items():
+        totals = _totals(engine, objective, factory, max_batches)
+        for k in keys:
+            overall[k] += totals[k]
+        out.update({f"eval/{name}/{k.split('/', 1)[1]}": v for k, v in objective.evaluation(totals).items()})
+    out.update(objective.evaluation(overall))
+    return out
+
+
+def _totals(engine, objective, loader_factory: Callable, max_batches: Optional[int]) -> dict[str, float]:
     """One pass (or `max_batches` per rank) over the validation split; sums are all-reduced.
 
     Ranks may hold different numbers of validation batches, but under ZeRO-3 every forward is
@@ -32,7 +53,7 @@ def evaluate(engine, objective, loader_factory: Callable, max_batches: Optional[
             for k in keys:
                 totals[k] += float(stats.get(k, 0.0))
     summed = reduce_sum([totals[k] for k in keys])
-    return objective.evaluation(dict(zip(keys, summed)))
+    return dict(zip(keys, summed))
 
 
 def _placeholder_batch() -> dict:

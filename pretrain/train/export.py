@@ -43,7 +43,9 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
             f"{checkpoint}: weights do not match the run's model (missing {sorted(set(missing) - tied)[:3]}, "
             f"unexpected {sorted(unexpected)[:3]})"
         )
-    manifest = load_manifest(cfg.data.path)
+    from pretrain.data.sources import data_sources
+
+    manifest = load_manifest(data_sources(cfg.data)[0].path)   # a mixture's sources share one tokenizer
     objective.export(model, manifest.tokenizer_file, out_dir, log)
     log(f"exported {checkpoint} -> {out_dir}")
     return out_dir

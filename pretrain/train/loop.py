@@ -46,6 +46,7 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     if parts.stacking is not None:
         watchdog.on_rewind = parts.stacking.after_rewind
     ga = cfg.trainer.grad_accum
+    sources = loader.source_names or ()   # a mixture's sources: counted per source (train/source/<name>/...)
     stop_reason = budget.exhausted(state.step, state.consumed_tokens, state.train_seconds)
     while stop_reason is None:
         if parts.stacking is not None:
@@ -62,11 +63,14 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         local = [sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
                  sum(batch_examples(b) for b in micro) if counts_data else 0,
                  sum(b["input_ids"].numel() for b in micro) if counts_data else 0]
+        local += source_counts(micro, sources) if counts_data else [0] * (2 * len(sources))
         metrics = engine.train_step(micro, carry=lambda: [*local, float(preempt.local), budget.local_seconds()])
         if recorder is not None:
             recorder.record(state.step + 1, micro)
-        *counts, seconds = metrics.pop("carried")
-        tokens, samples, positions, preempted = (int(v) for v in counts)
+        *counts, preempted, seconds = metrics.pop("carried")
+        tokens, samples, positions = (int(v) for v in counts[:3])
+        preempted = int(preempted)
+        add_source_counts(state, sources, counts[3:])
         nonfinite = metrics.get("nonfinite", 0.0)   # from the global loss and gradient norm: the same everywhere
         state.train_seconds = seconds / topo.world_size  # the ranks' mean clock: one value everywhere
         state.step += 1
@@ -78,7 +82,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         if state.step % cfg.trainer.log_every == 0 or verdict.event:
             speed = meter.summary(topo.world_size, peak.flops, topo.device)
             used = budget.fraction(state.step, state.consumed_tokens, state.train_seconds)
-            tracker.log({**_train_metrics(metrics, speed, state, parts.objective), "train/budget_used": used,
+            tracker.log({**_train_metrics(metrics, speed, state, parts.objective), **_source_metrics(state),
+                         "train/budget_used": used,
                          "train/seconds": state.train_seconds, **watchdog.metrics(verdict)}, state.step)
             meter.reset()
         if verdict.stop:
@@ -118,7 +123,8 @@ def run_eval(engine, parts, cfg, tracker, step: int, log) -> None:
 
 
 class SampleRecorder:
-    """Appends which examples each step trained on, so exactly-once claims can be audited."""
+    """Appends which examples each step trained on, so exactly-once claims can be audited:
+    [step, epoch, doc id, example index] (+ the source's index for a mixture) per line."""
 
     def __init__(self, run_dir: str, rank: int):
         import json
@@ -130,8 +136,9 @@ class SampleRecorder:
         """One line per example (packed rows hold several)."""
         for b in micro:
             rows = zip(b["epoch"].tolist(), b["doc_id"].tolist(), b["example_index"].tolist())
+            source = [b["source"]] if "source" in b else []   # a mixture: the source's index in data.sources
             for epoch, doc, example in rows:
-                self._file.write(self._json.dumps([step, epoch, doc, example]) + "\n")
+                self._file.write(self._json.dumps([step, epoch, doc, example, *source]) + "\n")
         self._file.flush()
 
     def close(self) -> None:
@@ -150,6 +157,34 @@ def _train_metrics(metrics: dict, speed: dict, state: TrainState, objective) -> 
     if metrics.get("loss_scale"):
         out["train/loss_scale"] = metrics["loss_scale"]
     out.update({f"train/{k}": v for k, v in speed.items()})
+    return out
+
+
+def source_counts(micro: list, sources: tuple) -> list:
+    """[tokens, samples] of every source (in `sources` order) over this rank's micro-batches."""
+    out = [0] * (2 * len(sources))
+    for b in micro:
+        if "source" in b:
+            out[2 * b["source"]] += int(b["attention_mask"].sum())
+            out[2 * b["source"] + 1] += batch_examples(b)
+    return out
+
+
+def add_source_counts(state: TrainState, sources: tuple, summed: list) -> None:
+    for i, name in enumerate(sources):
+        got = state.sources.setdefault(name, {"tokens": 0, "samples": 0})
+        got["tokens"] += int(summed[2 * i])
+        got["samples"] += int(summed[2 * i + 1])
+
+
+def _source_metrics(state: TrainState) -> dict:
+    """train/source/<name>/{samples,tokens} (consumed so far, all ranks) and each source's share."""
+    total = sum(c["samples"] for c in state.sources.values()) or 1
+    out = {}
+    for name, c in state.sources.items():
+        out[f"train/source/{name}/samples"] = c["samples"]
+        out[f"train/source/{name}/tokens"] = c["tokens"]
+        out[f"train/source/{name}/sample_share"] = c["samples"] / total
     return out
 
 

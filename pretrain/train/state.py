@@ -11,6 +11,7 @@ class TrainState:
     consumed_tokens: int = 0
     train_seconds: float = 0.0      # training wall-clock so far, all launches (max_time, budget-placed schedules)
     data_cursor: dict = field(default_factory=dict)
+    sources: dict = field(default_factory=dict)   # a mixture: {name: {"samples": n, "tokens": n}} consumed
     tracker: dict = field(default_factory=dict)
     config_hash: str = ""
     seed: int = 0

@@ -18,8 +18,9 @@ COMMON = [
 
 
 def launch_cmd(root: str, data: str, name: str, *overrides: str) -> list[str]:
+    """`data`: a prepared directory, or None when the overrides name the data (data.sources)."""
     return [sys.executable, "-m", "launch.train", f"run.root={root}", f"run.name={name}",
-            f"data.path={data}", *COMMON, *overrides]
+            *([f"data.path={data}"] if data else []), *COMMON, *overrides]
 
 
 def run_env() -> dict:
