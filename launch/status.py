@@ -72,6 +72,11 @@ def progress_lines(run_dir: str, cfg) -> list[tuple[str, str]]:
     else:
         shown = [f"{k}={run.last[k][1]:.4g}" for k in shown_metrics(run) if k in run.last]
         rows.append(("metrics", f"last logged step {run.last_step}: {' '.join(shown) or '(no known metrics)'}"))
+        phases = cfg.trainer.get("phases") or []
+        if phases and "train/phase" in run.last:
+            k = int(run.last["train/phase"][1])
+            name = phases[k - 1].get("name") or f"phase{k}"
+            rows.append(("phase", f"{k}/{len(phases)} ({name}) at step {run.last['train/phase'][0]}"))
         mtime = os.path.getmtime(run.path)
         rows.append(("", f"{run.path} updated {_ago(time.time() - mtime)}"))
     return rows

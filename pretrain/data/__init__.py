@@ -8,6 +8,7 @@ _EXPORTS = {
     "build_eval_loader": "pretrain.data.build",
     "ResumableLoader": "pretrain.data.loader",
     "merge_cursors": "pretrain.data.loader",
+    "cut_cursor": "pretrain.data.loader",
     "DataError": "pretrain.data.errors",
     "check_tokenizer": "pretrain.data.tokens",
     "check_vocab_size": "pretrain.data.tokens",

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pretrain.data.errors import DataError
 from pretrain.data.mixture import MixtureSpec
+from pretrain.data.plan import cut_to_documents
 from pretrain.data.stream import StreamSpec
 from pretrain.model.layout import batch_examples
 
@@ -160,6 +161,25 @@ def _one_line_errors(loader) -> Iterator[dict]:
         if len(lines) <= 1:
             raise
         raise DataError(lines[-1].split("DataError: ", 1)[-1]) from None
+
+
+def cut_cursor(cursor: dict) -> tuple[dict, int]:
+    """A merged cursor moved to whole documents (plan.cut_to_documents, every stream and source):
+    what a training phase that changes how documents are cut into examples resumes from.
+    Returns the cursor and the number of documents cut short."""
+    streams, cut = [], 0
+    for st in cursor["streams"]:
+        if "sources" in st:
+            subs = {}
+            for name, sub in st["sources"].items():
+                subs[name], n = cut_to_documents(sub)
+                cut += n
+            streams.append({**st, "sources": subs})
+        else:
+            new, n = cut_to_documents(st)
+            cut += n
+            streams.append(new)
+    return {**cursor, "streams": streams}, cut
 
 
 def merge_cursors(rank_states: Sequence[dict]) -> dict:

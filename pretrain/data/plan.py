@@ -13,7 +13,8 @@ fewer shards than streams every shard is cut into m = ceil(n / shards) strided p
 stride m) that are dealt instead, so every stream gets work and no document is read twice.
 A cursor taken with one layout is re-split for another with the same `deal` (see `resplit`).
 With packing an item may also list examples to leave out (`exclude`): emitted before the cursor
-was taken although read after its position; they stay excluded through any re-split.
+was taken although read after its position; they stay excluded through any re-split. An
+exclusion with example index -1 leaves out the whole document (`cut_to_documents`).
 """
 from __future__ import annotations
 
@@ -53,6 +54,28 @@ class WorkItem:
     def covers(self, pos: int) -> bool:
         """Whether the document at `pos` of the shard is one of this item's."""
         return pos >= self.first and (pos - self.first) % self.stride == 0
+
+
+WHOLE = -1   # an `exclude` entry's example index that leaves out the whole document
+
+
+def cut_to_documents(state: dict) -> tuple[dict, int]:
+    """A stream state whose position no longer depends on how documents are cut into examples
+    (a training phase that changes max_seq_len): a document the stream has started, or emitted
+    any example of, counts as read; the rest of the stream is unchanged. Returns the new state
+    and how many documents were cut short (their unread examples are not trained on this epoch;
+    repeating their read part instead would train on it twice)."""
+    items = [WorkItem.from_json(x) for x in state["items"]]
+    cut = 0
+    out = []
+    for k, item in enumerate(items):
+        started = {p for p, _ in item.exclude}
+        if k == 0 and item.skip > 0:
+            started.add(item.first)
+        cut += len(started)
+        exclude = tuple(sorted((p, WHOLE) for p in started))
+        out.append(replace(item, skip=0, exclude=exclude).to_json())
+    return {**state, "items": out}, cut
 
 
 def split_item(item: WorkItem, m: int) -> list[WorkItem]:

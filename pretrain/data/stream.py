@@ -27,7 +27,7 @@ from pretrain.data.errors import DataError
 from pretrain.data.examples import ExampleStats, build_examples
 from pretrain.data.masking import Masker
 from pretrain.data.packing import Packer
-from pretrain.data.plan import WorkItem, epoch_plan, resplit
+from pretrain.data.plan import WHOLE, WorkItem, epoch_plan, resplit
 from pretrain.data.shards import ShardList
 from pretrain.data.tokens import TokenTable
 from pretrain.shardformat import decode_document
@@ -161,8 +161,11 @@ class Stream:
                     continue
             item, seq = self.items[0], self._seq
             excluded = set(item.exclude)
+            whole = {p for p, i in item.exclude if i == WHOLE}
             produced = 0
             for pos, doc, other in read_item(item):
+                if pos in whole:
+                    continue
                 exs = build_examples(doc, other, spec.max_seq_len, spec.short_seq_prob, obj.sentence_task,
                                      spec.seed, item.epoch, self.stats, whole_documents=whole)
                 skip = item.skip if pos == item.first else 0

@@ -23,6 +23,7 @@ from pretrain.tracking import build_tracker
 from pretrain.train.budget import schedule_steps
 from pretrain.train.checkpoint_manager import CheckpointManager
 from pretrain.train.config import config_hash
+from pretrain.train.phases import Phases
 from pretrain.train.stacking import Stacking, StackingPlan
 from pretrain.train.state import TrainState
 
@@ -40,6 +41,8 @@ class Parts:
     flops_for: Callable[[list, dict], float]
     objective: Any = None    # pretrain.objectives.Objective: what the loop, evaluation and tracker report
     stacking: Any = None     # pretrain.train.stacking.Stacking, or None
+    phases: Any = None       # pretrain.train.phases.Phases, or None (trainer.phases empty)
+    make_train_loader: Optional[Callable] = None   # (data cfg, objective cfg) -> a train loader of this rank
     schedule_span: Optional[int] = None   # steps the lr schedule spans; None = placed by the budget used
 
 
@@ -130,11 +133,19 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     # Only data-parallel replicas read different data: the stages of one pipeline replica read
     # the same batches (the first stage needs the inputs, the last the labels).
     pin = topo.device.type == "cuda"   # page-locked host batches: asynchronous copies to the GPU
-    train_loader = build_train_loader(
-        cfg.data, cfg.objective, topo.dp_rank, topo.dp_size, manifests, with_ids=cfg.trainer.record_samples,
-        pin_memory=pin, on_epoch=lambda name, epoch: log(f"data: source {name} starts epoch {epoch} "
-                                                         "(its data is read again)"),
-    )
+
+    def make_train_loader(data_cfg, objective_cfg):
+        return build_train_loader(
+            data_cfg, objective_cfg, topo.dp_rank, topo.dp_size, manifests, with_ids=cfg.trainer.record_samples,
+            pin_memory=pin, on_epoch=lambda name, epoch: log(f"data: source {name} starts epoch {epoch} "
+                                                             "(its data is read again)"),
+        )
+
+    phases = Phases(cfg) if cfg.trainer.phases else None
+    running = phases.config(state.phase) if phases is not None else cfg   # the settings of the current phase
+    if phases is not None:
+        log(f"{phases.describe(state.phase)}" + (" (resumed)" if state.step else ""))
+    train_loader = make_train_loader(running.data, running.objective)
     if train_loader.source_names is not None:
         weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(train_loader.source_names, train_loader.spec.weights))
         log(f"data: mixture of {len(weights.split(', '))} sources, weights {weights}")
@@ -172,6 +183,8 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         objective=objective,
         stacking=stacking,
         schedule_span=schedule_span,
+        phases=phases,
+        make_train_loader=make_train_loader,
     )
 
 

@@ -23,6 +23,7 @@ from pretrain.model.attention import BACKENDS as ATTENTION_BACKENDS
 from pretrain.model.config import ModelConfig
 from pretrain.tracking.config import TrackerConfig
 from pretrain.train.nonfinite import NONFINITE_POLICIES, SPIKE_ACTIONS
+from pretrain.train.phases import PhaseConfig, PhaseError, check_phases
 
 
 class ConfigError(ValueError):
@@ -74,6 +75,7 @@ class TrainerConfig:
     loss_spike: LossSpikeConfig = field(default_factory=LossSpikeConfig)
     stacking: StackingConfig = field(default_factory=StackingConfig)
     compile: bool = False                # torch.compile the model under the engine (not with pipeline stages)
+    phases: list[PhaseConfig] = field(default_factory=list)   # pretrain/train/phases.py; [] = one phase
 
 
 # Allowed values of the cluster keys (one place; the launchers and the sbatch template use them).
@@ -183,6 +185,10 @@ _PROBABILITIES = (
 )
 
 
+# OmegaConf names a bad key inside a list entry by the entry's type only.
+_LIST_ENTRIES = {"SourceConfig": "data.sources", "PhaseConfig": "trainer.phases"}
+
+
 def _get(cfg: DictConfig, dotted: str) -> Any:
     return OmegaConf.select(cfg, dotted)
 
@@ -196,7 +202,8 @@ def validate(raw: DictConfig | dict) -> DictConfig:
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
-        raise ConfigError(f"config key {key!r}: {msg}" if key else f"config: {msg}") from None
+        entry = next((f" (an entry of {path})" for name, path in _LIST_ENTRIES.items() if f"'{name}'" in msg), "")
+        raise ConfigError(f"config key {key!r}: {msg}{entry}" if key else f"config: {msg}{entry}") from None
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ConfigError(f"config key {missing[0]!r} must be set (e.g. {missing[0]}=...)")
@@ -300,6 +307,10 @@ def _check_relations(cfg: DictConfig) -> None:
         raise ConfigError(f"config key {e}") from None
     check_run_name(cfg.run.name)
     _check_cluster(cfg)
+    try:
+        check_phases(cfg, validate)
+    except PhaseError as e:
+        raise ConfigError(str(e) if str(e).startswith("config") else f"config: {e}") from None
 
 
 def check_run_name(name: str) -> None:

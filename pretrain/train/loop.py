@@ -12,7 +12,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 
 from parallel.topology import all_gather_object, barrier
-from pretrain.data import merge_cursors
+from pretrain.data import cut_cursor, merge_cursors
 from pretrain.model.layout import batch_examples
 from pretrain.train.budget import Budget, JobDeadline
 from pretrain.train.build import build_everything
@@ -49,6 +49,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     sources = loader.source_names or ()   # a mixture's sources: counted per source (train/source/<name>/...)
     stop_reason = budget.exhausted(state.step, state.consumed_tokens, state.train_seconds)
     while stop_reason is None:
+        while parts.phases is not None and parts.phases.due(state):
+            batches = enter_phase(parts, state, batches, log)
         if parts.stacking is not None:
             parts.stacking.before_step(state.step)
         engine.set_schedule_progress(budget.fraction(state.step, state.consumed_tokens, state.train_seconds))
@@ -82,7 +84,8 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         if state.step % cfg.trainer.log_every == 0 or verdict.event:
             speed = meter.summary(topo.world_size, peak.flops, topo.device)
             used = budget.fraction(state.step, state.consumed_tokens, state.train_seconds)
-            tracker.log({**_train_metrics(metrics, speed, state, parts.objective), **_source_metrics(state),
+            phase = {"train/phase": state.phase + 1} if parts.phases is not None else {}
+            tracker.log({**_train_metrics(metrics, speed, state, parts.objective), **_source_metrics(state), **phase,
                          "train/budget_used": used,
                          "train/seconds": state.train_seconds, **watchdog.metrics(verdict)}, state.step)
             meter.reset()
@@ -188,10 +191,34 @@ def _source_metrics(state: TrainState) -> dict:
     return out
 
 
-def save_checkpoint(cfg, parts, state: TrainState, watchdog: Watchdog, progress) -> None:
-    # One cursor per data-parallel replica: the first stage of each speaks for its replica.
+def gather_cursor(parts) -> dict:
+    """Collective: the global data cursor. One per data-parallel replica: the first stage of
+    each speaks for its replica."""
     cursors = all_gather_object(parts.train_loader.state_dict() if parts.topo.pp_rank == 0 else None)
-    state.data_cursor = merge_cursors([c for c in cursors if c is not None])
+    return merge_cursors([c for c in cursors if c is not None])
+
+
+def enter_phase(parts, state: TrainState, batches, log):
+    """Collective, on every rank at the same step: the next phase's loader continues from the
+    global cursor (moved to whole documents where the phase re-cuts them); returns its batches."""
+    old, new = state.phase, state.phase + 1
+    cursor = gather_cursor(parts)
+    batches.close()   # the old loader's workers stop
+    if parts.phases.recuts(old, new):
+        cursor, cut = cut_cursor(cursor)
+        log(f"data: {cut} document(s) the reader had started are counted as read (the new phase cuts "
+            "documents into examples differently)")
+    settings = parts.phases.config(new)
+    loader = parts.make_train_loader(settings.data, settings.objective)
+    loader.load_state_dict(cursor)
+    parts.train_loader = loader
+    state.phase, state.phase_start_step, state.phase_start_tokens = new, state.step, state.consumed_tokens
+    log(f"{parts.phases.describe(new)} starts after step {state.step}")
+    return iter(loader)
+
+
+def save_checkpoint(cfg, parts, state: TrainState, watchdog: Watchdog, progress) -> None:
+    state.data_cursor = gather_cursor(parts)
     state.tracker = parts.tracker.state()
 
     def client_state() -> dict:

@@ -12,6 +12,9 @@ class TrainState:
     train_seconds: float = 0.0      # training wall-clock so far, all launches (max_time, budget-placed schedules)
     data_cursor: dict = field(default_factory=dict)
     sources: dict = field(default_factory=dict)   # a mixture: {name: {"samples": n, "tokens": n}} consumed
+    phase: int = 0                  # trainer.phases: the phase the last step ran in, and where it started
+    phase_start_step: int = 0
+    phase_start_tokens: int = 0
     tracker: dict = field(default_factory=dict)
     config_hash: str = ""
     seed: int = 0

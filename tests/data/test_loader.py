@@ -136,3 +136,27 @@ def test_loader_workers_default_from_the_cpus_per_rank(monkeypatch):
     assert loader_workers(None, {"LOCAL_WORLD_SIZE": "16"}) == 1                 # never 0 by default
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     assert loader_workers(None, {}) == 1
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create")
+def test_a_cursor_cut_to_documents_continues_at_another_length_without_repeating(make_cfg, expected_examples):
+    """A phase that changes max_seq_len: documents started before the cut are not read again,
+    every other document of the epoch is read after it, at the new length."""
+    from pretrain.data import cut_cursor
+
+    data, obj = make_cfg(num_workers=2)
+    loaders = [build_train_loader(data, obj, r, 2, with_ids=True) for r in (0, 1)]
+    before = [b for ld in loaders for b in take(iter(ld), 7)]
+    cursor, cut = cut_cursor(json.loads(json.dumps(merge_cursors([ld.state_dict() for ld in loaders]))))
+    assert cut >= 1
+    longer, _ = make_cfg(num_workers=1, max_seq_len=128)
+    after = []
+    for rank in (0, 1):
+        ld = build_train_loader(longer, obj, rank, 2, with_ids=True, epochs=1)
+        ld.load_state_dict(cursor)
+        after += list(ld)
+    docs_before = {d for b in before for d in b["doc_id"].tolist()}
+    docs_after = {d for b in after for d in b["doc_id"].tolist()}
+    assert not docs_before & docs_after
+    assert docs_before | docs_after == set(expected_examples(0))
+    assert max(b["input_ids"].shape[1] for b in after) == 128

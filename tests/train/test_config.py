@@ -126,3 +126,46 @@ def test_recipes_set_training_choices_and_the_command_line_still_wins():
     assert (mine.schedule.name, mine.optim.lr, mine.objective.mlm_probability) == ("cosine", 1e-3, 0.2)
     with pytest.raises(ConfigError, match="recipe.name"):
         validate(_compose("recipe.name=fancy"))
+
+
+_MIX = "data.sources=[{name:a,path:/x/a,weight:0.8},{name:b,path:/x/b,weight:0.2}]"
+
+
+@pytest.mark.parametrize("overrides, needle", [
+    (["data.path=null"], "'data.path' must be set"),
+    ([_MIX], r"data.path='/x' and data.sources are both set"),
+    (["data.path=null", "data.sources=[{name:a,path:/x/a,weight:0},{name:b,path:/x/b,weight:0}]"],
+     "must sum to a positive number"),
+    (["data.path=null", "data.sources=[{name:a,path:/x/a,weight:1,colour:red}]"], "data.sources"),
+    (["data.path=null", "data.sources=[{name:a,path:/x/a}]"], r"'data.sources\[0\].weight' must be set"),
+    (["data.source_temperature=2"], "'data.source_temperature' needs data.sources"),
+    (["trainer.phases=[{steps:5,set:{data.foo:1}},{}]"], r"'trainer.phases\[0\].set.data.foo' cannot change in a phase"),
+    (["trainer.phases=[{steps:5,set:{model:{hidden_size:64}}},{}]"], r"'trainer.phases\[0\].set.model.hidden_size' cannot"),
+    (["trainer.phases=[{steps:5,colour:red},{}]"], "colour"),
+    (["trainer.phases=[{set:{}},{set:{}}]"], r"'trainer.phases\[0\]': set exactly one of steps or tokens"),
+    (["trainer.phases=[{steps:5},{steps:5}]"], r"'trainer.phases\[1\].steps': the last phase runs until"),
+    (["trainer.phases=[{steps:0},{}]"], r"'trainer.phases\[0\].steps' = 0; must be > 0"),
+    (["trainer.phases=[{steps:5},{set:{data.max_seq_len:4096}}]"],
+     r"trainer.phases\[1\] \(phase2\): data.max_seq_len=4096 exceeds model.max_position_embeddings"),
+    (["trainer.phases=[{steps:5},{set:{objective.mlm_probability:1.5}}]"], r"trainer.phases\[1\] \(phase2\): .*mlm_probability"),
+    (["trainer.phases=[{steps:5},{set:{data.source_weights:{a:1}}}]"], "needs data.sources"),
+    (["data.path=null", _MIX, "trainer.phases=[{steps:5},{set:{data.source_weights:{c:1}}}]"],
+     r"source_weights.c': no source of that name"),
+    (["parallel=pipeline", "cluster.nproc=2", "trainer.phases=[{steps:5},{set:{data.max_seq_len:256}}]"],
+     "built for one batch shape"),
+])
+def test_bad_mixtures_and_phases_name_the_key(overrides, needle):
+    with pytest.raises(ConfigError, match=needle) as e:
+        validate(_compose(*overrides))
+    assert "\n" not in str(e.value)
+
+
+def test_phases_accumulate_and_source_weights_replace_the_weights():
+    from pretrain.train.phases import phase_config
+
+    cfg = validate(_compose("data.path=null", _MIX, "trainer.phases=[{steps:5,set:{data.max_seq_len:64}},"
+                            "{tokens:1000,set:{objective.mlm_probability:0.3}},{set:{data.source_weights:{b:1}}}]"))
+    last = phase_config(cfg, 2)
+    assert last.data.max_seq_len == 64 and last.objective.mlm_probability == 0.3
+    assert [s.weight for s in last.data.sources] == [0.0, 1.0]
+    assert phase_config(cfg, 0).objective.mlm_probability == cfg.objective.mlm_probability

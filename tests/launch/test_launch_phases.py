@@ -1,0 +1,47 @@
+"""Two training phases (seq 64 -> 128, masking 0.3 -> 0.15) end to end: killed in phase 1 and
+again in phase 2, the relaunched run's losses equal the uninterrupted run's, the boundary at the
+same step."""
+from __future__ import annotations
+
+import os
+
+from launch_helpers import kill_tree, latest, launch, losses, metrics, start, wait_for
+
+PHASES = ("trainer.phases=[{name:short,steps:6,set:{objective.mlm_probability:0.3}},"
+          "{name:long,set:{data:{max_seq_len:128},objective:{mlm_probability:0.15}}}]")
+RUN = ["cluster.nproc=2", "parallel=zero2", "trainer.grad_accum=2", "trainer.checkpoint_every=4",
+       "trainer.max_steps=12", PHASES]
+
+
+def _phases(run_dir) -> dict:
+    return {m["step"]: m["train/phase"] for m in metrics(run_dir) if "train/phase" in m}
+
+
+def test_two_phases_resume_exactly_on_both_sides_of_the_boundary(tmp_path, tiny_data):
+    root = str(tmp_path / "runs")
+    ref = launch(root, tiny_data, "ref", *RUN)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    assert "phase 1/2 (short, 6 steps): objective.mlm_probability=0.3" in ref.stdout
+    assert "phase 2/2 (long, until the budget ends): data.max_seq_len=128, objective.mlm_probability=0.15 " \
+           "starts after step 6" in ref.stdout
+    ref_dir = os.path.join(root, "ref")
+    assert _phases(ref_dir) == {s: 1 if s <= 6 else 2 for s in range(1, 13)}
+    from launch.status import status_lines
+
+    assert ("phase", "2/2 (long) at step 12") in status_lines(ref_dir)
+    rows = {m["step"]: m for m in metrics(ref_dir) if "train/loss" in m}
+    # phase 2 reads rows of 128 positions: twice the positions per step (packed rows are full)
+    assert rows[8]["train/consumed_tokens"] - rows[7]["train/consumed_tokens"] > \
+        1.5 * (rows[6]["train/consumed_tokens"] - rows[5]["train/consumed_tokens"])
+
+    crash = os.path.join(root, "crash")
+    for stop_after in (4, 8):   # killed in phase 1, then in phase 2
+        proc = start(root, tiny_data, "crash", *RUN)
+        wait_for(lambda: latest(crash) is not None and int(latest(crash).split("_")[1]) >= stop_after,
+                 what=f"checkpoint {stop_after}", proc=proc)
+        kill_tree(proc)
+    again = launch(root, tiny_data, "crash", *RUN)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "phase 2/2 (long, until the budget ends)" in again.stdout and "(resumed)" in again.stdout
+    assert losses(crash) == losses(ref_dir)
+    assert _phases(crash) == _phases(ref_dir)
