@@ -45,7 +45,7 @@ from .convert import to_universal
 from .pipe_checkpoint import add_aliases
 from .config import ParallelConfig, PrecisionConfig
 from .topology import Topology, all_gather_object, all_reduce_sum, barrier
-from .schedules import apply_progress
+from .schedules import apply_progress, start_segment
 from .update_guard import UpdateGuard, all_finite, everywhere
 
 MODEL_INPUTS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids")
@@ -145,6 +145,11 @@ class Engine(ABC):
         rank): a schedule placed by budget sets the next step's lr from it; one placed by steps
         ignores it."""
         apply_progress(self.ds.lr_scheduler, fraction)
+
+    def start_schedule_segment(self, cfg, total_steps: Optional[int], scale: float = 1.0) -> None:
+        """From the next step on, the lr follows `cfg` (a ScheduleConfig) over `total_steps` (None:
+        by the progress fraction given to set_schedule_progress), peaking at scale x optim.lr."""
+        start_segment(self.ds.lr_scheduler, cfg, total_steps, scale)
 
     @property
     def lr(self) -> float:

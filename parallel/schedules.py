@@ -9,6 +9,8 @@ Step s (0-based index of the optimizer step about to be taken) uses multiplier f
   constant: 1
   wsd:      1 until T - D (D = decay_fraction * T), then linear to min_lr_ratio at T
 Beyond T the multiplier stays at its final value.
+A segment (`start_segment`: a training phase, a branched decay) restarts a curve at a later step,
+optionally at another peak lr (scale).
 
 Placed by budget (`total_steps=None`: a run bounded by tokens or time, cramming's budget-aware
 schedules): the same curves over the fraction p of the run's budget used so far, which the
@@ -47,6 +49,8 @@ class LrMultiplier:
         self.name = cfg.name
         self.min_ratio = float(cfg.min_lr_ratio)
         self.progress = 0.0            # budget fraction used before the next step (by_budget only)
+        self.offset = 0                # a segment (start_segment): the scheduler step it starts at
+        self.scale = 1.0               # ... and its peak lr relative to the optimizer's lr
         total = cfg.total_steps or total_steps
         self.by_budget = total is None
         if self.by_budget:
@@ -62,6 +66,9 @@ class LrMultiplier:
         self.decay_start = max(self.warmup, total - int(round(cfg.decay_fraction * total)))
 
     def __call__(self, step: int) -> float:
+        return self.scale * self._multiplier(step - self.offset)
+
+    def _multiplier(self, step: int) -> float:
         if self.by_budget:
             return self._at_fraction(step)
         if step < self.warmup:
@@ -101,6 +108,21 @@ def apply_progress(scheduler: LambdaLR, fraction: float) -> None:
         if isinstance(fn, LrMultiplier) and fn.by_budget:
             fn.progress = float(fraction)
             group["lr"] = base * fn(scheduler.last_epoch)
+        lrs.append(group["lr"])
+    scheduler._last_lr = lrs
+
+
+def start_segment(scheduler: LambdaLR, cfg: ScheduleConfig, total_steps: Optional[int], scale: float = 1.0) -> None:
+    """A new schedule from the next step on (a training phase, a branched decay): `cfg`'s curve
+    over `total_steps` steps (None: placed by the progress fraction the caller sets, 0 -> 1 over
+    the segment), peaking at `scale` x the optimizer's lr. Kept in the scheduler's state_dict, so
+    a resumed run continues the segment it was in."""
+    lrs = []
+    for i, (base, group) in enumerate(zip(scheduler.base_lrs, scheduler.optimizer.param_groups)):
+        fn = LrMultiplier(cfg, total_steps)
+        fn.offset, fn.scale = int(scheduler.last_epoch), float(scale)
+        scheduler.lr_lambdas[i] = fn
+        group["lr"] = base * fn(scheduler.last_epoch)
         lrs.append(group["lr"])
     scheduler._last_lr = lrs
 

@@ -63,6 +63,14 @@ class ModernBertAttention(nn.Module):
         self.attention_dropout = cfg.attention_dropout
         self.out_drop = nn.Dropout(cfg.attention_dropout)
 
+    def apply_runtime_settings(self, cfg: ModelConfig) -> None:
+        """Settings without weights of their own (a training phase changes them): the rotary theta
+        of this layer's kind and, on a local layer, the window."""
+        if self.window is None:
+            self.theta = cfg.global_rope_theta
+        else:
+            self.window, self.theta = cfg.local_attention, cfg.local_rope_theta
+
     def forward(self, x: torch.Tensor, ctx: AttentionContext) -> torch.Tensor:
         lead = x.shape[:-1]
         q, k, v = self.Wqkv(x).view(*lead, 3, self.num_heads, self.head_dim).unbind(-3)

@@ -14,7 +14,7 @@ from parallel.topology import detect, init_distributed
 from pretrain.data import build_eval_loader, build_train_loader, check_vocab_size
 from pretrain.data.build import load_source_manifests
 from pretrain.data.sources import is_mixture
-from pretrain.model import build_model
+from pretrain.model import apply_runtime_settings, build_model
 from pretrain.model.config import ModelConfig
 from pretrain.model.flops import batch_flops
 from pretrain.model.pretraining import MODEL_INPUTS
@@ -43,6 +43,7 @@ class Parts:
     stacking: Any = None     # pretrain.train.stacking.Stacking, or None
     phases: Any = None       # pretrain.train.phases.Phases, or None (trainer.phases empty)
     make_train_loader: Optional[Callable] = None   # (data cfg, objective cfg) -> a train loader of this rank
+    model_now: Optional[dict] = None   # {"cfg": ModelConfig}: the model settings the current phase runs with
     schedule_span: Optional[int] = None   # steps the lr schedule spans; None = placed by the budget used
 
 
@@ -143,8 +144,11 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
 
     phases = Phases(cfg) if cfg.trainer.phases else None
     running = phases.config(state.phase) if phases is not None else cfg   # the settings of the current phase
+    model_now = {"cfg": mcfg}   # the model settings of the current phase (FLOPs count its window)
     if phases is not None:
         log(f"{phases.describe(state.phase)}" + (" (resumed)" if state.step else ""))
+        model_now["cfg"] = phases.model_config(state.phase, mcfg)
+        apply_runtime_settings(engine.module, model_now["cfg"])
     train_loader = make_train_loader(running.data, running.objective)
     if train_loader.source_names is not None:
         weights = ", ".join(f"{n} {w:.3f}" for n, w in zip(train_loader.source_names, train_loader.spec.weights))
@@ -167,7 +171,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         """Model FLOPs of one step over the global batch (all data-parallel replicas): this
         rank's micro-batches (real tokens, attention within each example) x the replicas, at
         the depth the step ran (progressive stacking)."""
-        run_cfg = mcfg if stacking is None else replace(mcfg, num_layers=stacking.depth())
+        run_cfg = model_now["cfg"] if stacking is None else replace(model_now["cfg"], num_layers=stacking.depth())
         return topo.dp_size * sum(batch_flops(run_cfg, b, objective.forward_flops) for b in micro)
 
     return Parts(
@@ -185,6 +189,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         schedule_span=schedule_span,
         phases=phases,
         make_train_loader=make_train_loader,
+        model_now=model_now,
     )
 
 

@@ -182,7 +182,9 @@ class CheckpointManager:
             # Left by a save that was killed before publishing: never part of a checkpoint.
             shutil.rmtree(step_dir)
         barrier()
-        engine.save(step_dir, client_state, meta={"state_finite": True})
+        # The phase is in the meta too: the export reads it without DeepSpeed (the model settings it ran with).
+        phase = int(client_state.get("train_state", {}).get("phase", 0))
+        engine.save(step_dir, client_state, meta={"state_finite": True, "phase": phase})
         barrier()
         if is_main():
             self.publish_latest(step_dir)

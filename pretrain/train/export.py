@@ -22,6 +22,12 @@ def export_run(run_dir: str, out_dir: str, checkpoint: str | None = None, log=pr
     mcfg = ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True))
     mcfg.init_from = None
     mcfg.gradient_checkpointing = False
+    if cfg.trainer.get("phases"):   # the model settings of the phase the checkpoint was in (rotary theta, window)
+        from parallel.checkpoint import peek_checkpoint
+        from pretrain.train.phases import Phases
+
+        phase = int(peek_checkpoint(checkpoint).get("phase", 0))
+        mcfg = Phases(cfg).model_config(phase, mcfg)
     state = consolidate_fp32(checkpoint)
     depth = _stacked_depth(cfg, checkpoint)
     if depth is not None and depth < mcfg.num_layers:  # progressive stacking stopped early: the depth reached

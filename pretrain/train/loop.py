@@ -13,6 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from parallel.topology import all_gather_object, barrier
 from pretrain.data import cut_cursor, merge_cursors
+from pretrain.model import apply_runtime_settings
 from pretrain.model.layout import batch_examples
 from pretrain.train.budget import Budget, JobDeadline
 from pretrain.train.build import build_everything
@@ -48,12 +49,16 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     ga = cfg.trainer.grad_accum
     sources = loader.source_names or ()   # a mixture's sources: counted per source (train/source/<name>/...)
     stop_reason = budget.exhausted(state.step, state.consumed_tokens, state.train_seconds)
+    segmented = parts.phases is not None and parts.phases.segmented()
+    if segmented and state.step == 0:   # a resumed run's segment is in its checkpoint
+        engine.start_schedule_segment(*parts.phases.segment(0, state, budget))
     while stop_reason is None:
         while parts.phases is not None and parts.phases.due(state):
-            batches = enter_phase(parts, state, batches, log)
+            batches = enter_phase(parts, state, batches, budget, log)
         if parts.stacking is not None:
             parts.stacking.before_step(state.step)
-        engine.set_schedule_progress(budget.fraction(state.step, state.consumed_tokens, state.train_seconds))
+        engine.set_schedule_progress(parts.phases.progress(state, budget) if segmented else
+                                     budget.fraction(state.step, state.consumed_tokens, state.train_seconds))
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(ga)]
         data_seconds = time.perf_counter() - t0
@@ -198,9 +203,10 @@ def gather_cursor(parts) -> dict:
     return merge_cursors([c for c in cursors if c is not None])
 
 
-def enter_phase(parts, state: TrainState, batches, log):
+def enter_phase(parts, state: TrainState, batches, budget, log):
     """Collective, on every rank at the same step: the next phase's loader continues from the
-    global cursor (moved to whole documents where the phase re-cuts them); returns its batches."""
+    global cursor (moved to whole documents where the phase re-cuts them), the model takes the
+    phase's settings and, when phases set the schedule, its segment starts; returns its batches."""
     old, new = state.phase, state.phase + 1
     cursor = gather_cursor(parts)
     batches.close()   # the old loader's workers stop
@@ -213,6 +219,11 @@ def enter_phase(parts, state: TrainState, batches, log):
     loader.load_state_dict(cursor)
     parts.train_loader = loader
     state.phase, state.phase_start_step, state.phase_start_tokens = new, state.step, state.consumed_tokens
+    state.phase_start_seconds = state.train_seconds
+    parts.model_now["cfg"] = parts.phases.model_config(new, parts.model_now["cfg"])
+    apply_runtime_settings(parts.engine.module, parts.model_now["cfg"])
+    if parts.phases.segmented():
+        parts.engine.start_schedule_segment(*parts.phases.segment(new, state, budget))
     log(f"{parts.phases.describe(new)} starts after step {state.step}")
     return iter(loader)
 

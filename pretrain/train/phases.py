@@ -24,7 +24,15 @@ PHASE_KEYS = (
     "data.max_seq_len", "data.micro_batch_size", "data.source_weights", "data.source_temperature",
     "objective.mlm_probability", "objective.masking", "objective.mask_token_prob", "objective.random_token_prob",
     "objective.span_geometric_p", "objective.span_max_length",
+    "schedule.name", "schedule.warmup_steps", "schedule.warmup_fraction", "schedule.min_lr_ratio",
+    "schedule.decay_fraction", "optim.lr",
+    "model.global_rope_theta", "model.local_rope_theta", "model.local_attention",
 )
+# Keys that make the lr schedule run in segments, one per phase (`Phases.segment`).
+SCHEDULE_KEYS = tuple(k for k in PHASE_KEYS if k.startswith("schedule.")) + ("optim.lr",)
+# Model keys: read by the layers at every forward (ModernBERT's rotary and local window).
+MODEL_KEYS = tuple(k for k in PHASE_KEYS if k.startswith("model."))
+MODEL_KEYS_ARCHS = ("modernbert",)
 # Keys whose change re-cuts documents into examples: the data cursor moves to whole documents.
 SEGMENTATION_KEYS = ("data.max_seq_len",)
 # Keys a pipeline cannot change: its stages exchange activations of one fixed shape.
@@ -119,6 +127,13 @@ def check_phases(cfg: DictConfig, validate) -> None:
             if key not in PHASE_KEYS:
                 raise PhaseError(f"config key '{where}.set.{key}' cannot change in a phase; phases may set "
                                  f"{', '.join(PHASE_KEYS)}")
+            if key in MODEL_KEYS and cfg.model.arch not in MODEL_KEYS_ARCHS:
+                raise PhaseError(f"config key '{where}.set.{key}': model.arch={cfg.model.arch} has no such "
+                                 f"setting (phases change it for {', '.join(MODEL_KEYS_ARCHS)})")
+            if key == "model.local_attention" and bool(cfg.model.local_attention) != bool(changes(cfg, k)[key]):
+                raise PhaseError(f"config key '{where}.set.{key}' = {changes(cfg, k)[key]}: which layers are local "
+                                 f"is fixed when the model is built (model.local_attention={cfg.model.local_attention});"
+                                 " a phase may change a nonzero window, not turn windows on or off")
             if key in SHAPE_KEYS and cfg.parallel.pipeline_stages > 1:
                 raise PhaseError(f"config key '{where}.set.{key}': the pipeline engine (parallel.pipeline_stages="
                                  f"{cfg.parallel.pipeline_stages}) is built for one batch shape; "
@@ -158,6 +173,50 @@ class Phases:
         if p.steps is not None:
             return state.step - state.phase_start_step >= p.steps
         return state.consumed_tokens - state.phase_start_tokens >= p.tokens
+
+    # ---------------------------------------------------------------- the lr schedule
+    def segmented(self) -> bool:
+        """Whether any phase sets the schedule (or optim.lr): then every phase runs its own
+        segment of the schedule (its settings, accumulated as any other); otherwise the run's
+        schedule spans the whole run as without phases."""
+        return any(key in SCHEDULE_KEYS for k in range(len(self.phases)) for key in changes(self.cfg, k))
+
+    def segment(self, index: int, state, budget) -> tuple:
+        """(ScheduleConfig, total steps or None, lr scale) of phase `index` starting after `state`.
+        Steps: the phase's own; tokens, or the last phase of a run not bounded by steps alone:
+        None (placed by `progress`); the last phase of a steps-bounded run: the steps left."""
+        from parallel.config import ScheduleConfig
+
+        settings = self.config(index)
+        schedule = ScheduleConfig(**{**OmegaConf.to_container(settings.schedule, resolve=True), "total_steps": None})
+        phase = self.phases[index]
+        if phase.steps is not None:
+            total = int(phase.steps)
+        elif phase.tokens is not None:
+            total = None
+        elif budget.max_tokens is None and budget.max_seconds is None:
+            total = max(1, int(budget.max_steps) - state.step)
+        else:
+            total = None
+        return schedule, total, float(settings.optim.lr) / float(self.cfg.optim.lr)
+
+    def progress(self, state, budget) -> float:
+        """How far the current phase is, in [0, 1] (for segments placed by progress)."""
+        phase = self.phases[state.phase]
+        if phase.tokens is not None:
+            return min(1.0, (state.consumed_tokens - state.phase_start_tokens) / float(phase.tokens))
+        if phase.steps is not None:
+            return min(1.0, (state.step - state.phase_start_step) / float(phase.steps))
+        start = budget.fraction(state.phase_start_step, state.phase_start_tokens, state.phase_start_seconds)
+        now = budget.fraction(state.step, state.consumed_tokens, state.train_seconds)
+        return min(1.0, max(0.0, (now - start) / max(1e-12, 1.0 - start)))
+
+    def model_config(self, index: int, base):
+        """The ModelConfig `base` with phase `index`'s model settings."""
+        from dataclasses import replace
+
+        model = self.config(index).model
+        return replace(base, **{k.split(".", 1)[1]: model[k.split(".", 1)[1]] for k in MODEL_KEYS})
 
     def recuts(self, old: int, new: int) -> bool:
         """Whether going from phase `old` to `new` changes how documents are cut into examples."""

@@ -15,6 +15,7 @@ class TrainState:
     phase: int = 0                  # trainer.phases: the phase the last step ran in, and where it started
     phase_start_step: int = 0
     phase_start_tokens: int = 0
+    phase_start_seconds: float = 0.0
     tracker: dict = field(default_factory=dict)
     config_hash: str = ""
     seed: int = 0

@@ -166,3 +166,26 @@ def test_export_writes_both_config_generations_and_a_4x_style_config_imports_as_
     valid = batch["attention_mask"].bool()
     diff = run(again.eval(), batch, all_positions=True).mlm_logits - run(model, batch, all_positions=True).mlm_logits
     assert diff[valid].abs().max() == 0
+
+
+def test_runtime_settings_change_theta_and_window_without_new_weights():
+    """A training phase's model settings: rotary thetas and the local window, layer by layer."""
+    from dataclasses import replace
+
+    from helpers_model import modern_cfg, run, tiny_batch
+    from pretrain.model import apply_runtime_settings, build_model
+
+    cfg = modern_cfg(local_attention=4)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    batch = tiny_batch(cfg, seq=16, pad_from=None)
+    before = run(model, batch).mlm_logits
+    longer = replace(cfg, local_attention=8, global_rope_theta=1e6, local_rope_theta=5e4)
+    assert apply_runtime_settings(model, longer) == cfg.num_layers
+    attn = [layer.attn for layer in model.modules() if hasattr(layer, "attn")]
+    assert [(a.window, a.theta) for a in attn] == [(None, 1e6), (8, 5e4), (8, 5e4)]
+    after = run(model, batch).mlm_logits
+    assert not torch.allclose(before, after)
+    torch.manual_seed(0)
+    fresh = build_model(longer).eval()   # the same as a model built with those settings
+    assert torch.allclose(run(fresh, batch).mlm_logits, after, atol=1e-6)

@@ -108,3 +108,43 @@ def test_apply_progress_sets_the_next_steps_lr_now():
     fixed = build_scheduler(opt, ScheduleConfig(name="linear", warmup_steps=0), 10)
     apply_progress(fixed, 0.9)  # placed by steps: progress changes nothing
     assert opt.param_groups[0]["lr"] == pytest.approx(2.0)
+
+
+def test_a_segment_restarts_the_curve_at_another_peak_and_survives_a_state_roundtrip():
+    from parallel.schedules import start_segment
+
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.SGD([p], lr=2.0)
+    sched = build_scheduler(opt, ScheduleConfig(name="constant", warmup_steps=2), 100)
+
+    def steps(n):
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    assert steps(4) == pytest.approx([1.0, 2.0, 2.0, 2.0])
+    # the decay of a WSD run as its own segment: linear from 0.5 x the peak to 0 over 4 steps
+    start_segment(sched, ScheduleConfig(name="linear"), 4, scale=0.5)
+    assert steps(2) == pytest.approx([1.0, 0.75])
+    saved = sched.state_dict()
+    tail = steps(3)
+    assert tail == pytest.approx([0.5, 0.25, 0.0])
+    opt2 = torch.optim.SGD([p], lr=2.0)
+    sched2 = build_scheduler(opt2, ScheduleConfig(name="constant", warmup_steps=2), 100)
+    sched2.load_state_dict(saved)   # a resume: the segment comes back from the checkpoint
+    opt2.param_groups[0]["lr"] = sched2.get_last_lr()[0]
+    again = []
+    for _ in range(3):
+        again.append(opt2.param_groups[0]["lr"])
+        opt2.step()
+        sched2.step()
+    assert again == pytest.approx(tail)
+    # a segment placed by progress (a phase measured in tokens)
+    start_segment(sched, ScheduleConfig(name="linear", warmup_steps=0), None)
+    from parallel.schedules import apply_progress
+
+    apply_progress(sched, 0.25)
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.5)
