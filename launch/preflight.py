@@ -53,7 +53,13 @@ def preflight(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
         manifests.append(manifest)
     check_one_tokenizer(sources, manifests)
     manifest, data_path = manifests[0], sources[0].path
+    if cfg.run.branch_from:
+        check_branch(cfg)
     if cfg.model.init_from:
+        if os.path.isfile(os.path.join(cfg.model.init_from, "parallel_meta.json")):
+            raise ConfigError(f"config key 'model.init_from' = {cfg.model.init_from!r} is a training checkpoint, not a "
+                              "Hugging Face directory: run.branch_from=<it> continues it (optimizer state, lr schedule, "
+                              "data cursor); pretrain-export makes a directory model.init_from can read")
         check_init_tokenizer(cfg.model.init_from, manifest, data_path)
         settle_init_from(cfg, overrides)
     resolve_vocab_size(cfg, manifest.vocab_size, os.path.join(data_path, MANIFEST_NAME))
@@ -62,6 +68,22 @@ def preflight(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
     _check_engine_with_dtype(cfg)
     _check_precision(cfg)
     return lines
+
+
+def check_branch(cfg: DictConfig) -> None:
+    """run.branch_from names a complete checkpoint (while this run has none of its own)."""
+    from parallel.checkpoint import CheckpointError, peek_checkpoint
+    from pretrain.train.config import ConfigError
+
+    own = os.path.join(cfg.run.root, cfg.run.name, "checkpoints", "latest")
+    if os.path.exists(own):
+        return   # the branch has checkpoints of its own: it resumes those
+    if cfg.model.init_from:
+        raise ConfigError("config: run.branch_from and model.init_from both set the starting weights; use one")
+    try:
+        peek_checkpoint(cfg.run.branch_from)
+    except CheckpointError as e:
+        raise ConfigError(f"config key 'run.branch_from': {e}") from None
 
 
 def check_ranks_per_node(cfg: DictConfig, visible_gpus: int | None = None) -> None:

@@ -44,6 +44,7 @@ class Parts:
     phases: Any = None       # pretrain.train.phases.Phases, or None (trainer.phases empty)
     make_train_loader: Optional[Callable] = None   # (data cfg, objective cfg) -> a train loader of this rank
     model_now: Optional[dict] = None   # {"cfg": ModelConfig}: the model settings the current phase runs with
+    branched: Optional[str] = None     # the checkpoint this launch branched from (run.branch_from), if it did
     schedule_span: Optional[int] = None   # steps the lr schedule spans; None = placed by the budget used
 
 
@@ -88,6 +89,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         OmegaConf.to_object(cfg[group]) for group in ("parallel", "precision", "optim", "schedule"))
     # Checked once, on the unwrapped model (ZeRO-3 partitions parameters inside build_engine).
     plans = manager.plan_resume(model_signature(model), layout_of(topo, parallel_cfg, precision_cfg))
+    branched = None
+    if not plans and cfg.run.branch_from:   # a branch's first launch: another run's checkpoint, as a resume
+        plans, branched = [branch_plan(cfg.run.branch_from, model, layout_of(topo, parallel_cfg, precision_cfg))], \
+            cfg.run.branch_from
     schedule_span = schedule_steps(cfg.schedule.total_steps, cfg.trainer.max_steps, cfg.trainer.max_tokens,
                                    cfg.trainer.max_time)
     if topo.rank == 0:   # what pretrain-compare and pretrain-status show of this run
@@ -127,9 +132,14 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
     if client is not None:
         saved = client.get("train_state", {})
         state.restore(saved)
-        if saved.get("config_hash") != state.config_hash:
-            log("warning: model/data/objective config differs from the checkpoint's; continuing with the new one")
-        log(f"resumed from step {state.step} ({saved.get('world_size')} -> {topo.world_size} ranks)")
+        if branched is not None:
+            state.tracker = {}   # a new run in the dashboards; its steps continue the branch's numbering
+            log(f"branched from {branched} at step {state.step}: its weights, optimizer state, lr schedule "
+                f"({cfg.run.branch_schedule}) and data cursor ({saved.get('world_size')} -> {topo.world_size} ranks)")
+        else:
+            if saved.get("config_hash") != state.config_hash:
+                log("warning: model/data/objective config differs from the checkpoint's; continuing with the new one")
+            log(f"resumed from step {state.step} ({saved.get('world_size')} -> {topo.world_size} ranks)")
     check_vocab_size(manifest, mcfg.vocab_size)
     # Only data-parallel replicas read different data: the stages of one pipeline replica read
     # the same batches (the first stage needs the inputs, the last the labels).
@@ -159,6 +169,7 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         train_loader.load_state_dict(state.data_cursor)
     tracker = build_tracker(
         cfg.tracker, run_dir, cfg.run.name, OmegaConf.to_container(cfg, resolve=True),
+        # a branch: a new dashboard run whose lines after the branch step (an earlier attempt's) are dropped
         resume_state={**state.tracker, "step": state.step} if client is not None else None,
         is_main=topo.rank == 0,
     )
@@ -190,8 +201,20 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         phases=phases,
         make_train_loader=make_train_loader,
         model_now=model_now,
+        branched=branched,
     )
 
+
+
+def branch_plan(path: str, model, layout):
+    """How to load run.branch_from (checked like any resume: files, model shape, layout)."""
+    from parallel.checkpoint import CheckpointError, inspect_checkpoint
+    from pretrain.train.checkpoint_manager import ResumeError
+
+    try:
+        return inspect_checkpoint(path, model_signature(model), layout)
+    except CheckpointError as e:
+        raise ResumeError(f"run.branch_from={path}: {e}") from None
 
 
 def eval_loader_factories(cfg: DictConfig, topo, manifests: dict, pin: bool):

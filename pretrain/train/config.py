@@ -37,6 +37,12 @@ class RunConfig:
     fresh: bool = False
     dry_run: bool = False
     seed: int = 1234
+    # Start from another run's checkpoint directory (runs/x/checkpoints/step_N) as a resume:
+    # weights, optimizer state, lr schedule, step, tokens and data cursor (docs/training.md
+    # "Branching"); used while this run has no checkpoint of its own.
+    branch_from: Optional[str] = None
+    branch_schedule: str = "continue"    # BRANCH_SCHEDULES: the checkpoint's lr schedule goes on, or
+                                         # this run's `schedule` restarts at the branch over the rest
 
 
 @dataclass
@@ -127,6 +133,7 @@ class ClusterConfig:
 
 
 RECIPES = ("classic", "modern")   # conf/recipe/<name>.yaml
+BRANCH_SCHEDULES = ("continue", "restart")
 
 
 @dataclass
@@ -153,6 +160,7 @@ class TrainConfig:
 
 _CHOICES = {
     "recipe.name": RECIPES,
+    "run.branch_schedule": BRANCH_SCHEDULES,
     "model.arch": registry.names(),
     "model.attention_backend": ATTENTION_BACKENDS,
     "model.hidden_act": ("gelu", "gelu_new", "relu"),
@@ -307,6 +315,12 @@ def _check_relations(cfg: DictConfig) -> None:
         raise ConfigError(f"config key {e}") from None
     check_run_name(cfg.run.name)
     _check_cluster(cfg)
+    if cfg.run.branch_schedule == "restart" and t.phases:
+        from pretrain.train.phases import Phases
+
+        if Phases(cfg).segmented():
+            raise ConfigError("config: run.branch_schedule=restart and phases that set the schedule both place the "
+                              "lr; use one (a phase's schedule keys, or the run's schedule restarted at the branch)")
     try:
         check_phases(cfg, validate)
     except PhaseError as e:

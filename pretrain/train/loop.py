@@ -18,6 +18,7 @@ from pretrain.model.layout import batch_examples
 from pretrain.train.budget import Budget, JobDeadline
 from pretrain.train.build import build_everything
 from pretrain.train.evaluate import evaluate
+from pretrain.train.phases import progress_since, rest_of_run
 from pretrain.train.nonfinite import NonFiniteError, NonFiniteState, Watchdog
 from pretrain.train.preemption import PreemptionFlag, checkpoint_signals
 from pretrain.train.progress import BudgetProgress
@@ -52,13 +53,15 @@ def train(cfg: DictConfig, run_dir: str) -> None:
     segmented = parts.phases is not None and parts.phases.segmented()
     if segmented and state.step == 0:   # a resumed run's segment is in its checkpoint
         engine.start_schedule_segment(*parts.phases.segment(0, state, budget))
+    if parts.branched is not None and cfg.run.branch_schedule == "restart":
+        restart_schedule(cfg, engine, state, budget, log)
     while stop_reason is None:
         while parts.phases is not None and parts.phases.due(state):
             batches = enter_phase(parts, state, batches, budget, log)
         if parts.stacking is not None:
             parts.stacking.before_step(state.step)
         engine.set_schedule_progress(parts.phases.progress(state, budget) if segmented else
-                                     budget.fraction(state.step, state.consumed_tokens, state.train_seconds))
+                                     progress_since(budget, state))
         t0 = time.perf_counter()
         micro = [next(batches) for _ in range(ga)]
         data_seconds = time.perf_counter() - t0
@@ -196,6 +199,20 @@ def _source_metrics(state: TrainState) -> dict:
     return out
 
 
+def restart_schedule(cfg, engine, state: TrainState, budget, log) -> None:
+    """A branch with run.branch_schedule=restart: the run's `schedule` from the branch step on, over
+    schedule.total_steps or the rest of the budget (WSD: try a decay from a stable checkpoint)."""
+    from parallel.config import ScheduleConfig
+
+    schedule = ScheduleConfig(**OmegaConf.to_container(cfg.schedule, resolve=True))
+    span = schedule.total_steps or rest_of_run(budget, state)
+    schedule.total_steps = None
+    state.schedule_start = [state.step, state.consumed_tokens, state.train_seconds]
+    engine.start_schedule_segment(schedule, span)
+    log(f"lr schedule: {schedule.name} restarts at the branch (step {state.step}) over "
+        + (f"{span} steps" if span else "the rest of the budget"))
+
+
 def gather_cursor(parts) -> dict:
     """Collective: the global data cursor. One per data-parallel replica: the first stage of
     each speaks for its replica."""
@@ -219,7 +236,7 @@ def enter_phase(parts, state: TrainState, batches, budget, log):
     loader.load_state_dict(cursor)
     parts.train_loader = loader
     state.phase, state.phase_start_step, state.phase_start_tokens = new, state.step, state.consumed_tokens
-    state.phase_start_seconds = state.train_seconds
+    state.schedule_start = [state.step, state.consumed_tokens, state.train_seconds]
     parts.model_now["cfg"] = parts.phases.model_config(new, parts.model_now["cfg"])
     apply_runtime_settings(parts.engine.module, parts.model_now["cfg"])
     if parts.phases.segmented():

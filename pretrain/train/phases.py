@@ -145,6 +145,21 @@ def check_phases(cfg: DictConfig, validate) -> None:
             raise PhaseError(f"{where} ({phase_name(phase, k)}): {reason}") from None
 
 
+def rest_of_run(budget, state) -> Optional[int]:
+    """The steps left of a run bounded by steps alone; None (placed by `progress_since`) otherwise."""
+    if budget.max_tokens is None and budget.max_seconds is None and budget.max_steps is not None:
+        return max(1, int(budget.max_steps) - state.step)
+    return None
+
+
+def progress_since(budget, state) -> float:
+    """The fraction of what was left of the budget at `state.schedule_start` used since, in [0, 1]:
+    how far a schedule segment that runs to the end of the budget is."""
+    start = budget.fraction(*state.schedule_start) if state.schedule_start else 0.0
+    now = budget.fraction(state.step, state.consumed_tokens, state.train_seconds)
+    return min(1.0, max(0.0, (now - start) / max(1e-12, 1.0 - start)))
+
+
 class Phases:
     """Which phase the next step belongs to, from the TrainState; the configs of the phases."""
 
@@ -194,10 +209,8 @@ class Phases:
             total = int(phase.steps)
         elif phase.tokens is not None:
             total = None
-        elif budget.max_tokens is None and budget.max_seconds is None:
-            total = max(1, int(budget.max_steps) - state.step)
         else:
-            total = None
+            total = rest_of_run(budget, state)
         return schedule, total, float(settings.optim.lr) / float(self.cfg.optim.lr)
 
     def progress(self, state, budget) -> float:
@@ -207,9 +220,7 @@ class Phases:
             return min(1.0, (state.consumed_tokens - state.phase_start_tokens) / float(phase.tokens))
         if phase.steps is not None:
             return min(1.0, (state.step - state.phase_start_step) / float(phase.steps))
-        start = budget.fraction(state.phase_start_step, state.phase_start_tokens, state.phase_start_seconds)
-        now = budget.fraction(state.step, state.consumed_tokens, state.train_seconds)
-        return min(1.0, max(0.0, (now - start) / max(1e-12, 1.0 - start)))
+        return progress_since(budget, state)
 
     def model_config(self, index: int, base):
         """The ModelConfig `base` with phase `index`'s model settings."""

@@ -15,7 +15,9 @@ class TrainState:
     phase: int = 0                  # trainer.phases: the phase the last step ran in, and where it started
     phase_start_step: int = 0
     phase_start_tokens: int = 0
-    phase_start_seconds: float = 0.0
+    # [step, tokens, seconds] where the current lr schedule segment started (a phase's, a branch's
+    # restart); [] = the run's schedule from step 0
+    schedule_start: list = field(default_factory=list)
     tracker: dict = field(default_factory=dict)
     config_hash: str = ""
     seed: int = 0
