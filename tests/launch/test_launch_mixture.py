@@ -84,3 +84,18 @@ def _examples(run_dir) -> list:
             by_step[current] = []   # a step written again (after a crash) replaces the earlier lines
         by_step[current].append((source, epoch, doc, example))
     return [key for keys in by_step.values() for key in keys]
+
+
+def test_mixture_and_masking_phases_under_pipeline_stages(tmp_path, sources):
+    """Composes with the pipeline engine (2 stages): per-source counts, a phase that changes the
+    masking and the source weights (the shapes the stages were built for stay)."""
+    root = str(tmp_path / "runs")
+    run = launch(root, None, "pipe", "cluster.nproc=2", "parallel=pipeline", "parallel.pipeline_stages=2",
+                 "trainer.max_steps=6", "trainer.eval_every=6", "trainer.eval_batches=1", sources,
+                 "trainer.phases=[{steps:3,set:{objective.mlm_probability:0.3}},{set:{data.source_weights:{big:1}}}]")
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [m for m in metrics(os.path.join(root, "pipe")) if "train/loss" in m]
+    assert [m["train/phase"] for m in rows] == [1, 1, 1, 2, 2, 2]
+    small = [m["train/source/small/samples"] for m in rows]
+    assert small[2] == small[-1], "phase 2 reads only the big source"
+    assert rows[-1]["train/source/big/samples"] + small[-1] == rows[-1]["train/consumed_samples"]
