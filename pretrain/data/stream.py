@@ -161,10 +161,10 @@ class Stream:
                     continue
             item, seq = self.items[0], self._seq
             excluded = set(item.exclude)
-            whole = {p for p, i in item.exclude if i == WHOLE}
+            dropped = {p for p, i in item.exclude if i == WHOLE}   # documents a phase boundary counted as read
             produced = 0
             for pos, doc, other in read_item(item):
-                if pos in whole:
+                if pos in dropped:
                     continue
                 exs = build_examples(doc, other, spec.max_seq_len, spec.short_seq_prob, obj.sentence_task,
                                      spec.seed, item.epoch, self.stats, whole_documents=whole)
