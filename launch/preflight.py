@@ -63,11 +63,25 @@ def preflight(cfg: DictConfig, overrides: Sequence[str] = ()) -> list[str]:
         check_init_tokenizer(cfg.model.init_from, manifest, data_path)
         settle_init_from(cfg, overrides)
     resolve_vocab_size(cfg, manifest.vocab_size, os.path.join(data_path, MANIFEST_NAME))
+    check_objective_files(cfg, manifest)
     check_ranks_per_node(cfg)
     lines = settle_launch_precision(cfg)
     _check_engine_with_dtype(cfg)
     _check_precision(cfg)
     return lines
+
+
+def check_objective_files(cfg: DictConfig, manifest) -> None:
+    """What the objective reads from files (a distillation teacher and its tokenizer)."""
+    from pretrain.model.config import ModelConfig
+    from pretrain.objectives import build_objective
+    from pretrain.train.config import ConfigError
+
+    try:
+        objective = build_objective(cfg.objective, ModelConfig(**OmegaConf.to_container(cfg.model, resolve=True)))
+        objective.preflight(manifest.tokenizer_sha256)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
 
 
 def check_branch(cfg: DictConfig) -> None:

@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class ObjectiveConfig:
-    # pretrain/objectives: a registered name (auto | mlm | mlm_sop | mlm_nsp | electra) or module:Class;
+    # pretrain/objectives: a registered name (auto | mlm | mlm_sop | mlm_nsp | electra | distill) or module:Class;
     # auto = masked-LM plus the sentence task of model.sentence_head.
     name: str = "auto"
     mlm_probability: float = 0.15
@@ -57,3 +57,11 @@ class ObjectiveConfig:
     # attention heads of the model's head size), and the weight of the replaced-token loss.
     generator_hidden_fraction: float = 0.25
     disc_weight: float = 50.0
+    # Distillation (objective=distill, pretrain/objectives/distill.py): the frozen teacher (a
+    # Hugging Face masked-LM directory or one of our run directories), whether a fresh student of
+    # its shape starts from its every other layer, and DistilBERT's loss (T, KL and cosine weights).
+    teacher: Optional[str] = None
+    init_from_teacher: bool = True
+    distill_temperature: float = 2.0
+    distill_kl_weight: float = 5.0
+    distill_cos_weight: float = 1.0

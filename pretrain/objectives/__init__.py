@@ -1,5 +1,5 @@
 """Pretraining objectives, one module each, registered here (`OBJECTIVES`): the one list of the
-names `objective.name` accepts (mlm, mlm_sop, mlm_nsp, electra; auto picks the MLM one of the
+names `objective.name` accepts (mlm, mlm_sop, mlm_nsp, electra, distill; auto picks the MLM one of the
 model's sentence head). An objective defined elsewhere is named by its import path,
 `objective.name=my_package.my_module:MyObjective` (a subclass of `Objective`): nothing in the
 engines, loop, evaluation, tracker or status code knows any objective's names (base.py says what an
@@ -10,12 +10,13 @@ from __future__ import annotations
 import importlib
 
 from .base import Metric, Objective
+from .distill import Distill
 from .electra import Electra
 from .mlm import (STAT_KEYS, MaskedLM, MaskedLMWithNSP, MaskedLMWithSOP, masked_lm_loss, pretraining_loss,
                   sentence_targets)
 
 OBJECTIVES: dict[str, type[Objective]] = {cls.name: cls for cls in (MaskedLM, MaskedLMWithSOP, MaskedLMWithNSP,
-                                                                     Electra)}
+                                                                     Electra, Distill)}
 # objective.name=auto: masked-LM plus the sentence task of the model's head.
 AUTO = {"none": "mlm", "sop": "mlm_sop", "nsp": "mlm_nsp"}
 NAMES = ("auto", *OBJECTIVES)

@@ -96,6 +96,19 @@ class Objective(ABC):
                 f"({', '.join(model.objective_modules)}) stay in the checkpoint")
         export_hf(model, model.cfg, tokenizer_file, out_dir)
 
+    def initialize(self, model) -> Optional[str]:
+        """Set up a fresh model's weights before training (e.g. a student from its teacher); called
+        once per run, before the engine, only when no checkpoint will be loaded. Returns a line for
+        the log, or None. Nothing by default."""
+        return None
+
+    def preflight(self, tokenizer_sha256: str) -> None:
+        """Checks that read files (run once by the launcher before any rank starts; the data's
+        tokenizer fingerprint given): one-line ValueErrors. Nothing by default."""
+
+    def check_parallel(self, zero_stage: int, pipeline_stages: int) -> None:
+        """One-line errors for a layout this objective cannot train in (checked with the config)."""
+
     def has_own_forward(self) -> bool:
         return type(self).forward is not Objective.forward
 

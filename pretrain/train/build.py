@@ -89,6 +89,10 @@ def build_everything(cfg: DictConfig, run_dir: str) -> Parts:
         OmegaConf.to_object(cfg[group]) for group in ("parallel", "precision", "optim", "schedule"))
     # Checked once, on the unwrapped model (ZeRO-3 partitions parameters inside build_engine).
     plans = manager.plan_resume(model_signature(model), layout_of(topo, parallel_cfg, precision_cfg))
+    if not plans and not cfg.run.branch_from:
+        said = objective.initialize(model)   # a fresh run: e.g. a distilled student from its teacher's layers
+        if said:
+            log(said)
     branched = None
     if not plans and cfg.run.branch_from:   # a branch's first launch: another run's checkpoint, as a resume
         plans, branched = [branch_plan(cfg.run.branch_from, model, layout_of(topo, parallel_cfg, precision_cfg))], \

@@ -264,6 +264,10 @@ def _check_relations(cfg: DictConfig) -> None:
         objective = build_objective(o, ModelConfig(**OmegaConf.to_container(m, resolve=True)))
     except ValueError as e:
         raise ConfigError(f"config: {e}") from None
+    try:
+        objective.check_parallel(cfg.parallel.zero_stage, cfg.parallel.pipeline_stages)
+    except ValueError as e:
+        raise ConfigError(f"config: {e}") from None
     if cfg.parallel.pipeline_stages > 1 and objective.has_own_forward():
         raise ConfigError(f"config: objective.name={o.name} runs its own forward, which the pipeline engine cannot "
                           "split into stages; use parallel.pipeline_stages=1")
