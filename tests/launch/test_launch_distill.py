@@ -63,12 +63,22 @@ def test_distill_resumes_exactly_and_exports_the_student(tmp_path, tiny_data, te
 
 
 def test_a_teacher_with_another_tokenizer_or_zero3_is_refused(tmp_path, tiny_data, teacher):
+    """Checked in the launcher's own process (config validation and preflight), before any rank."""
+    from hydra import compose, initialize_config_module
+
+    from launch.preflight import preflight
     from pretrain.data.synthetic import write_prepared
+    from pretrain.train.config import ConfigError, validate
 
     other = write_prepared(str(tmp_path / "other"), {"train": 1, "valid": 1}, docs_per_shard=4, vocab_size=1500)
     foreign = _teacher(str(tmp_path), os.path.join(other, "tokenizer.json"), 1500)
-    bad = launch(str(tmp_path / "runs"), tiny_data, "bad", *DISTILL, f"objective.teacher={foreign}")
-    assert bad.returncode != 0
-    assert "objective.teacher: " in bad.stderr and "differs from the tokenizer of the training data" in bad.stderr
-    zero3 = launch(str(tmp_path / "runs"), tiny_data, "z3", *DISTILL, f"objective.teacher={teacher}", "parallel=zero3")
-    assert zero3.returncode != 0 and "parallel.zero_stage <= 2" in zero3.stderr
+    for overrides, needle in (([f"objective.teacher={foreign}"], "differs from the tokenizer of the training data"),
+                              ([f"objective.teacher={teacher}", "parallel=zero3"], "parallel.zero_stage <= 2")):
+        with initialize_config_module(config_module="conf", version_base="1.3"):
+            cfg = compose(config_name="train", overrides=["run.name=b", f"run.root={tmp_path}", f"data.path={tiny_data}",
+                                                          *DISTILL, *overrides])
+        cfg = dict(cfg)
+        cfg.pop("hydra", None)
+        with pytest.raises(ConfigError, match=needle) as e:
+            preflight(validate(cfg))
+        assert "\n" not in str(e.value)
