@@ -42,6 +42,16 @@ class Metric:
         return None if den <= 0 else float(totals.get(self.numerator, 0.0)) / den
 
 
+def masked_and_real_tokens(batch: dict) -> torch.Tensor:
+    """[masked positions, real tokens] of one micro-batch (float64, on the labels' device): the
+    normalizers of objectives that score masked positions and every real token."""
+    labels = batch["labels"]
+    masked = (labels != -100).sum().double()
+    mask = batch.get("attention_mask")
+    real = mask.sum().double() if mask is not None else torch.tensor(float(labels.numel()), dtype=torch.float64)
+    return torch.stack([masked, real.to(masked.device)])
+
+
 class Objective(ABC):
     name: ClassVar[str]
     sentence_head: ClassVar[str] = "none"

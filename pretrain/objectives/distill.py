@@ -29,7 +29,7 @@ from pretrain.model.config import ModelConfig
 from pretrain.model.heads import PretrainingOutput
 from pretrain.model.layout import IGNORE_INDEX
 
-from .base import Metric, Objective
+from .base import Metric, Objective, masked_and_real_tokens
 
 STATS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "kl_sum", "cos_sum", "cos_count", "agree", "teacher_correct")
 
@@ -203,11 +203,7 @@ class Distill(Objective):
 
     # ---------------------------------------------------------------- loss
     def counts(self, batch: dict) -> torch.Tensor:
-        labels = batch["labels"]
-        masked = (labels != IGNORE_INDEX).sum().double()
-        mask = batch.get("attention_mask")
-        real = mask.sum().double() if mask is not None else torch.tensor(float(labels.numel()), dtype=torch.float64)
-        return torch.stack([masked, real.to(masked.device)])
+        return masked_and_real_tokens(batch)
 
     def loss(self, output: DistillOutput, batch: dict, normalizers: torch.Tensor) -> tuple[torch.Tensor, dict]:
         s_logits = output.student.mlm_logits.float()

@@ -31,7 +31,7 @@ from pretrain.model.config import ModelConfig
 from pretrain.model.heads import MLMHead, PretrainingOutput
 from pretrain.model.layout import IGNORE_INDEX
 
-from .base import Metric, Objective
+from .base import Metric, Objective, masked_and_real_tokens
 
 STATS = ("mlm_loss_sum", "mlm_correct", "mlm_count", "disc_loss_sum", "disc_correct", "disc_count",
          "disc_true_pos", "disc_pred_pos", "disc_replaced")
@@ -193,11 +193,7 @@ class Electra(Objective):
 
     # ---------------------------------------------------------------- loss
     def counts(self, batch: dict) -> torch.Tensor:
-        labels = batch["labels"]
-        masked = (labels != IGNORE_INDEX).sum().double()
-        mask = batch.get("attention_mask")
-        real = mask.sum().double() if mask is not None else torch.tensor(float(labels.numel()), dtype=torch.float64)
-        return torch.stack([masked, real.to(masked.device)])
+        return masked_and_real_tokens(batch)
 
     def loss(self, output: ElectraOutput, batch: dict, normalizers: torch.Tensor):
         gen = output.generator
