@@ -70,10 +70,10 @@ def train(cfg: DictConfig, run_dir: str) -> None:
         # checkpointing would hang the others) with no collective of the loop's own. Only the
         # first pipeline stage counts data: the other stages of a replica see the same batches.
         counts_data = topo.pp_rank == 0
-        local = [sum(int(b["attention_mask"].sum()) for b in micro) if counts_data else 0,
-                 sum(batch_examples(b) for b in micro) if counts_data else 0,
+        per_batch = [(int(b["attention_mask"].sum()), batch_examples(b)) for b in micro] if counts_data else []
+        local = [sum(t for t, _ in per_batch), sum(n for _, n in per_batch),
                  sum(b["input_ids"].numel() for b in micro) if counts_data else 0]
-        local += source_counts(micro, sources) if counts_data else [0] * (2 * len(sources))
+        local += source_counts(micro, per_batch, sources)
         metrics = engine.train_step(micro, carry=lambda: [*local, float(preempt.local), budget.local_seconds()])
         if recorder is not None:
             recorder.record(state.step + 1, micro)
@@ -171,13 +171,14 @@ def _train_metrics(metrics: dict, speed: dict, state: TrainState, objective) -> 
     return out
 
 
-def source_counts(micro: list, sources: tuple) -> list:
-    """[tokens, samples] of every source (in `sources` order) over this rank's micro-batches."""
+def source_counts(micro: list, per_batch: list, sources: tuple) -> list:
+    """[tokens, samples] of every source (in `sources` order) over this rank's micro-batches
+    (`per_batch`: each one's (tokens, samples); empty on the stages that do not count data)."""
     out = [0] * (2 * len(sources))
-    for b in micro:
+    for b, (tokens, samples) in zip(micro, per_batch):
         if "source" in b:
-            out[2 * b["source"]] += int(b["attention_mask"].sum())
-            out[2 * b["source"] + 1] += batch_examples(b)
+            out[2 * b["source"]] += tokens
+            out[2 * b["source"] + 1] += samples
     return out
 
 

@@ -100,3 +100,15 @@ def single_batch(batch: dict, row: int, start: int, length: int, seq: int) -> di
 def run_packed(model, batch, **kw):
     return model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], batch.get("labels"),
                  position_ids=batch["position_ids"], **kw)
+
+
+def objective_batch(cfg: ModelConfig) -> dict:
+    """Three packed rows of six examples with the loader's layout fields and no sentence labels:
+    the batch the objective tests (ELECTRA, distillation) train on."""
+    from pretrain.model.layout import batch_layout
+
+    exs = example_ids(cfg, [5, 7, 3, 9, 6, 16])
+    batch = packed_batch(cfg, [exs[:3], exs[3:5], exs[5:]], 16)
+    batch.pop("sentence_label")
+    batch.update(batch_layout(batch["attention_mask"], batch["position_ids"], batch["labels"]))
+    return batch

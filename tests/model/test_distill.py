@@ -4,10 +4,10 @@ import hashlib
 import pytest
 import torch
 
-from helpers_model import example_ids, modern_cfg, packed_batch, tiny_cfg
+from helpers_model import modern_cfg, objective_batch, tiny_cfg
 from pretrain.data.config import ObjectiveConfig
 from pretrain.model import build_model
-from pretrain.model.layout import LAYOUT_KEYS, batch_layout
+from pretrain.model.layout import LAYOUT_KEYS
 from pretrain.objectives import build_objective
 
 KEYS = ("input_ids", "token_type_ids", "attention_mask", "labels", "position_ids") + LAYOUT_KEYS
@@ -34,10 +34,7 @@ def student(teacher_dir, layers=2, arch="bert", **objective):
     obj = build_objective(ObjectiveConfig(name="distill", sentence_task="none", teacher=teacher_dir, **objective), cfg)
     model.attach_objective(obj)
     obj.initialize(model)
-    exs = example_ids(cfg, [5, 7, 3, 9, 6, 16])
-    batch = packed_batch(cfg, [exs[:3], exs[3:5], exs[5:]], 16)
-    batch.pop("sentence_label")
-    batch.update(batch_layout(batch["attention_mask"], batch["position_ids"], batch["labels"]))
+    batch = objective_batch(cfg)
     return model, obj, batch
 
 

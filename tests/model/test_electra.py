@@ -4,10 +4,10 @@ training step reads nothing back from the device."""
 import pytest
 import torch
 
-from helpers_model import example_ids, modern_cfg, packed_batch, tiny_cfg
+from helpers_model import modern_cfg, objective_batch, tiny_cfg
 from pretrain.data.config import ObjectiveConfig
 from pretrain.model import build_model
-from pretrain.model.layout import LAYOUT_KEYS, batch_layout
+from pretrain.model.layout import LAYOUT_KEYS
 from pretrain.objectives import build_objective
 from pretrain.objectives.electra import generator_config
 
@@ -21,10 +21,7 @@ def electra(arch: str, **objective):
     model = build_model(cfg)
     obj = build_objective(ObjectiveConfig(name="electra", sentence_task="none", **objective), cfg)
     model.attach_objective(obj)
-    exs = example_ids(cfg, [5, 7, 3, 9, 6, 16])
-    batch = packed_batch(cfg, [exs[:3], exs[3:5], exs[5:]], 16)
-    batch.pop("sentence_label")
-    batch.update(batch_layout(batch["attention_mask"], batch["position_ids"], batch["labels"]))
+    batch = objective_batch(cfg)
     return model, obj, batch
 
 
